@@ -31,8 +31,10 @@ class ArcFaceHead(nn.Module):
     def forward(self, x:Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.nf:
             raise ValueError(f"ArcFaceHead(nf={self.nf}) expects features of shape (N, {self.nf}), got {tuple(x.shape)}; set `nf` to the body's output size")
-        cos = F.normalize(x.float(), dim=1) @ self.weight.t()
-        cos = cos.float() * self.weight.float().norm(dim=1).clamp_min(1e-12).reciprocal()
+        w = self.weight
+        out = torch.float64 if w.dtype == torch.float64 else torch.float32
+        cos = F.normalize(x.to(out), dim=1) @ w.t()  # under autocast this product runs in half precision
+        cos = cos.to(out) * w.to(out).norm(dim=1).clamp_min(1e-12).reciprocal()
         return cos.view(len(x), self.n_out, self.k).amax(-1) if self.k > 1 else cos
 
     def extra_repr(self): return f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1)
