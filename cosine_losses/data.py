@@ -229,11 +229,15 @@ def idx_dls(
 def mnist_dls(
     path=None, # MNIST's IDX files or mnist_png folder; default $COSINE_LOSSES_MNIST, else fastai's download
     bs:int=256, # batch size
+    n_train:int=None, # keep only the first `n_train` training images (quick runs); `None` keeps all 60,000
+    n_valid:int=None, # keep only the first `n_valid` test images; `None` keeps all 10,000
     **kwargs
 ) -> DataLoaders:
     "MNIST in memory: the 60,000 training images, and the 10,000 test images as the validation set"
     path = mnist_path(path)
-    if (path/'training').is_dir(): return tensor_dls(*read_png_folder(path), bs=bs, **kwargs)
-    if any(path.glob('train-images-idx3-ubyte*')): return idx_dls(path, bs=bs, **kwargs)
-    raise FileNotFoundError(f"{path} holds neither MNIST's IDX files ({', '.join(f'{s}-{n}' for s in ('train','t10k') for n in _IDX_NAMES)}, "
-                            "gzipped or not) nor fastai's mnist_png layout (training/<label>/*.png, testing/<label>/*.png)")
+    if (path/'training').is_dir(): xy = read_png_folder(path)
+    elif any(path.glob('train-images-idx3-ubyte*')): xy = read_idx_folder(path)
+    else: raise FileNotFoundError(f"{path} holds neither MNIST's IDX files ({', '.join(f'{s}-{n}' for s in ('train','t10k') for n in _IDX_NAMES)}, "
+                                  "gzipped or not) nor fastai's mnist_png layout (training/<label>/*.png, testing/<label>/*.png)")
+    n = (n_train, n_train, n_valid, n_valid)
+    return tensor_dls(*(o[:k] for o,k in zip(xy, n)), bs=bs, **kwargs)
