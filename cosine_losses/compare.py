@@ -48,7 +48,7 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, **kwargs)
     if cfg is None: return softmax_learner(dls, arch, emb_size=emb_size, pretrained=False, **kwargs)
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=False, **cfg, **kwargs)
 
-def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=1e-2, cbs=None, quiet:bool=False, **kwargs) -> pd.DataFrame:
+def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False, **kwargs) -> pd.DataFrame:
     "Train `loss` with `fit_one_cycle` from `seed`; a row per epoch with losses, test accuracy and seconds"
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)  # fastai's loaders shuffle with their own generator
@@ -86,7 +86,7 @@ def plot_compare(res:pd.DataFrame, ax=None, title='Test accuracy per epoch'):
     return ax.figure
 
 # %% ../nbs/05_compare.ipynb #f6d04f81
-def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:int=3, lr:float=1e-2, out='cosine_compare',
+def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:int=3, lr:float=3e-2, out='cosine_compare',
             quiet:bool=False, **kwargs) -> pd.DataFrame:
     "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`; write the summary and plot"
     for l in losses: parse_loss(l)
@@ -114,7 +114,7 @@ def cosine_compare(
     epochs:int=5, # epochs of `fit_one_cycle` per run
     seeds:int=3, # seeds per loss
     bs:int=256, # batch size
-    lr:float=1e-2, # maximum learning rate of the one-cycle schedule
+    lr:float=3e-2, # maximum learning rate of the one-cycle schedule
     emb_size:int=128, # embedding size (both learners)
     out:str='cosine_compare', # folder for epochs.csv, summary.csv and accuracy.png
 ):

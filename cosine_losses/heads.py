@@ -14,6 +14,41 @@ from fastcore.basics import store_attr
 __all__ = ['ArcFaceHead']
 
 # %% ../nbs/01_heads.ipynb #3d395c73
+_EPS = 1e-12  # as `F.normalize`: norms below it are clamped
+
+def _rowdot(a:Tensor, b:Tensor) -> Tensor:
+    "Row-wise dot products of `a` and `b` (n, d), about 2²⁰ numbers at a time: no n×d temporary, and no autocast"
+    rows = max(1, 2**20//max(1, a.shape[1]))
+    return torch.cat([(x*y).sum(1) for x,y in zip(a.split(rows), b.split(rows))])
+
+class _Cosines(torch.autograd.Function):
+    "x̂·W_j/‖W_j‖ in precision `out`, with a backward that saves nothing of size N×C and makes no C×d temporary"
+    @staticmethod
+    def forward(ctx, x, w, out):
+        xo = x.to(out)
+        xr,wr = xo.norm(dim=1, keepdim=True),w.to(out).norm(dim=1)
+        xn = xo/xr.clamp_min(_EPS)  # exactly `F.normalize`
+        cos = F.linear(xn, w)  # under autocast this product runs in half precision
+        ctx.h,ctx.xdt = cos.dtype,x.dtype
+        ctx.save_for_backward(xn, w, xr, wr)
+        return cos.to(out).mul_(wr.clamp_min(_EPS).reciprocal())  # a fresh tensor: scale it in place
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled(): raise RuntimeError("ArcFaceHead has a hand-written backward that is not differentiable: double backward (create_graph=True) is not supported")
+        xn,w,xr,wr = ctx.saved_tensors
+        h,out = ctx.h,xn.dtype
+        winv = wr.clamp_min(_EPS).reciprocal()
+        gp,gx,gw = (g*winv).to(h),None,None
+        if ctx.needs_input_grad[0]:
+            gxn = (gp @ w.to(h)).to(out)
+            # F.normalize's gradient, in place: drop the radial part, divide by ‖x‖ (a clamped norm is a constant: no radial part)
+            gx = gxn.addcmul_(xn, _rowdot(xn, gxn)[:,None]*(xr >= _EPS), value=-1).div_(xr.clamp_min(_EPS)).to(ctx.xdt)
+        if ctx.needs_input_grad[1]:
+            gw,wo = (gp.t() @ xn.to(h)).to(out),w.to(out)  # the gradient `Linear` would get, ...
+            gw = gw.addcmul_(wo, (_rowdot(wo, gw)*winv**2*(wr >= _EPS))[:,None], value=-1).to(w.dtype)  # ... less its part along W_j
+        return gx,gw,None
+
 class ArcFaceHead(nn.Module):
     "Float32 cosines between L2-normalised features and `n_out` class centres (the closest of `k` sub-centres)"
     def __init__(self,
@@ -32,9 +67,7 @@ class ArcFaceHead(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.nf:
             raise ValueError(f"ArcFaceHead(nf={self.nf}) expects features of shape (N, {self.nf}), got {tuple(x.shape)}; set `nf` to the body's output size")
         w = self.weight
-        out = torch.float64 if w.dtype == torch.float64 else torch.float32
-        cos = F.normalize(x.to(out), dim=1) @ w.t()  # under autocast this product runs in half precision
-        cos = cos.to(out) * w.to(out).norm(dim=1).clamp_min(1e-12).reciprocal()
+        cos = _Cosines.apply(x, w, torch.float64 if w.dtype == torch.float64 else torch.float32)
         return cos.view(len(x), self.n_out, self.k).amax(-1) if self.k > 1 else cos
 
     def extra_repr(self): return f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1)

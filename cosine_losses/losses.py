@@ -72,7 +72,14 @@ def _check_inputs(cos, targ):
     if not torch.isfinite(cos.sum(dtype=torch.float32 if cos.dtype != torch.float64 else None)):  # one pass, no N×C mask
         raise ValueError(f"`cos` must be finite cosines; got {(~torch.isfinite(cos)).sum().item()} non-finite values of {cos.numel()}")
 
-# %% ../nbs/00_losses.ipynb #fff64ec0
+def _prepare(cos, targ, s, m1, m2, m3):
+    "Checked `cos` as a float32 (or float64) plain tensor and `targ` as int64"
+    check_margins(s, m1, m2, m3)
+    _check_inputs(cos, targ)
+    cos,targ = cos.as_subclass(Tensor),targ.as_subclass(Tensor).long()
+    return cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos,targ
+
+# %% ../nbs/00_losses.ipynb #3cb16e0f
 def margin_logits(
     cos:Tensor, # (N, C) cosines between features and class centres
     targ:Tensor, # (N,) integer class indices
@@ -84,16 +91,45 @@ def margin_logits(
     detach_margin:bool=False, # same values, gradient of s·cos θ (InsightFace/OpenSphere trick)
 ) -> Tensor:
     "Float32 logits of eq. (4): s·(cos(m1·θ_y + m2) − m3) for each target, s·cos θ_j elsewhere"
-    check_margins(s, m1, m2, m3)
-    _check_inputs(cos, targ)
-    cos,targ = cos.as_subclass(Tensor),targ.as_subclass(Tensor).long()
-    if cos.dtype in (torch.float16, torch.bfloat16): cos = cos.float()
+    cos,targ = _prepare(cos, targ, s, m1, m2, m3)
     rows = torch.arange(len(targ), device=cos.device)
     cos_y = cos[rows, targ]
     t = target_logit(cos_y, m1, m2, m3, easy_margin)
     if detach_margin: t = cos_y + (t - cos_y).detach()
     logits = cos*s
     return logits.index_put_((rows, targ), t*s)
+
+# %% ../nbs/00_losses.ipynb #5157f511
+def _target_and_slope(cos_y, m1, m2, m3, easy_margin, detach_margin, slope):
+    "`target_logit` of `cos_y` as `margin_logits` takes it, and (if `slope`) its derivative dψ/dcos, by autograd on these N values"
+    with torch.enable_grad() if slope else torch.no_grad():
+        c = cos_y.detach().requires_grad_(slope)
+        t = target_logit(c, m1, m2, m3, easy_margin)
+        if detach_margin: t = c + (t - c).detach()
+        return t.detach(),(torch.autograd.grad(t.sum(), c)[0] if slope else None)  # ψ acts elementwise: d(Σψ)/dc is dψ/dc
+
+class _MarginCE(torch.autograd.Function):
+    "Per-sample cross-entropy of `margin_logits`: one N×C buffer forward (the softmax, in place), one backward"
+    @staticmethod
+    def forward(ctx, cos, targ, s, m1, m2, m3, easy_margin, detach_margin):
+        rows = torch.arange(len(targ), device=cos.device)
+        t,dt = _target_and_slope(cos[rows, targ], m1, m2, m3, easy_margin, detach_margin, ctx.needs_input_grad[0])
+        p = cos*s
+        p[rows, targ] = t*s
+        mx = p.amax(1, keepdim=True)
+        z = p.sub_(mx).exp_().sum(1, keepdim=True)
+        ctx.save_for_backward(p.div_(z), targ, dt)
+        ctx.s = s
+        return (mx + z.log()).squeeze(1) - t*s  # logsumexp − target logit
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled(): raise RuntimeError("CombinedMarginLoss has a hand-written backward that is not differentiable: double backward (create_graph=True) is not supported")
+        p,targ,dt = ctx.saved_tensors
+        rows,gs = torch.arange(len(targ), device=p.device),g*ctx.s
+        gc = p*gs[:,None]
+        gc[rows, targ] = (p[rows, targ] - 1)*gs*dt  # the target logit is s·ψ(cos θ_y)
+        return gc,*[None]*7
 
 # %% ../nbs/00_losses.ipynb #f1e08d2d
 class CombinedMarginLoss(nn.Module):
@@ -118,14 +154,15 @@ class CombinedMarginLoss(nn.Module):
         super().__setattr__(name, value)
 
     def forward(self, cos:Tensor, targ:Tensor) -> Tensor:
-        logits = margin_logits(cos, targ, self.s, self.m1, self.m2, self.m3, self.easy_margin, self.detach_margin)
-        return F.cross_entropy(logits, targ.as_subclass(Tensor).long(), reduction=self.reduction)
+        cos,targ = _prepare(cos, targ, self.s, self.m1, self.m2, self.m3)
+        loss = _MarginCE.apply(cos, targ, self.s, self.m1, self.m2, self.m3, self.easy_margin, self.detach_margin)
+        return loss.mean() if self.reduction == 'mean' else loss.sum() if self.reduction == 'sum' else loss
 
     def activation(self, cos:Tensor) -> Tensor: return F.softmax(self.s*cos.float(), dim=-1)
     def decodes(self, cos:Tensor) -> Tensor: return cos.argmax(dim=-1)
     def extra_repr(self): return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}" + ", easy_margin=True"*self.easy_margin + ", detach_margin=True"*self.detach_margin
 
-# %% ../nbs/00_losses.ipynb #a5e189a5
+# %% ../nbs/00_losses.ipynb #cb0373f6
 @delegates(CombinedMarginLoss, but=['m1', 'm2', 'm3'])
 class ArcFaceLoss(CombinedMarginLoss):
     "ArcFace: additive angular margin `m`, eq. (3) of Deng et al. 2019"

@@ -144,7 +144,7 @@ def cosine_sweep(
     epochs:int=20, # epochs of `fit_one_cycle` per run
     seeds:int=3, # seeds per configuration
     bs:int=256, # batch size
-    lr:float=1e-2, # maximum learning rate
+    lr:float=3e-2, # maximum learning rate
     out:str='sweep', # folder for the study database, summary.csv, runs.csv and plots
     storage:str=None, # database URL shared by several workers; default: a SQLite file in `out`
     study:str=None, # study name; default from the grid and epochs

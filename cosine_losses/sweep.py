@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/sweep.html.md"""
 
 # %% ../nbs/06_sweep.ipynb #2b36ecff
 from __future__ import annotations
-import itertools, time, warnings
+import itertools, os, socket, time, warnings
 from fastai.vision.all import *
 from fastcore.script import call_parse
 import optuna
@@ -77,7 +77,7 @@ def _objective(dls, epochs, lr, **kwargs):
             trial.set_user_attr('skipped', 'duplicate'); raise optuna.TrialPruned()  # two workers enqueued it at once: the older runs
         rows = train_one(dls, config_name(c), epochs, seed, lr, **kwargs)
         for col in ('accuracy', 'valid_loss', 'train_loss', 'seconds'): trial.set_user_attr(col, rows[col].tolist())
-        trial.set_user_attr('epochs', epochs)
+        trial.set_user_attr('epochs', epochs); trial.set_user_attr('pid', os.getpid()); trial.set_user_attr('host', socket.gethostname())
         return float(rows.accuracy.iloc[-1])
     return f
 
@@ -95,7 +95,7 @@ def margin_sweep(
     configs:list, # configurations, e.g. `paper_grid()`
     seeds:int=3, # seeds per configuration: 0 … seeds-1
     epochs:int=20, # epochs of `fit_one_cycle` per run
-    lr:float=1e-2, # maximum learning rate
+    lr:float=3e-2, # maximum learning rate
     storage='sweep.db', # SQLite file or database URL
     study_name:str=None, # defaults to 'sweep-e{epochs}'
     heartbeat:int=10, # seconds between a worker's heartbeats
@@ -110,7 +110,9 @@ def margin_sweep(
     jobs = [job_params(c, s) for c in configs for s in range(seeds)]
     obj = _objective(dls, epochs, lr, quiet=quiet, **kwargs)
     while True:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         missing,n_done,waiting,running = _states(study, jobs)
         if verbose: print(f'{study.study_name}: {n_done}/{len(jobs)} runs done', flush=True)
         for j in missing: study.enqueue_trial(j)
@@ -120,7 +122,7 @@ def margin_sweep(
     return study
 
 # %% ../nbs/06_sweep.ipynb #1e30b7ad
-def margin_search(dls, n_trials:int=30, epochs:int=20, lr:float=1e-2, seed:int=0, m2=(0., .8), m3=(0., .5), m1=(1., 1.), s=(30., 30.),
+def margin_search(dls, n_trials:int=30, epochs:int=20, lr:float=3e-2, seed:int=0, m2=(0., .8), m3=(0., .5), m1=(1., 1.), s=(30., 30.),
                   storage='sweep.db', study_name:str=None, **kwargs) -> optuna.Study:
     "TPE search over margin ranges until the study holds `n_trials` finished runs"
     study = open_study(storage, study_name or f'search-e{epochs}', sampler=optuna.samplers.TPESampler(seed=seed))
