@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/compare.html.md"""
 
 # %% ../nbs/05_compare.ipynb #a526f3e4
 from __future__ import annotations
-import random, time
+import contextlib, random, time
 from fastai.vision.all import *
 from typing import Annotated
 from fastcore.script import call_parse
@@ -53,7 +53,9 @@ def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, 
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)  # fastai's loaders shuffle with their own generator
     learn,timer = make_learner(dls, loss, **kwargs),EpochTimer()
-    with (learn.no_bar() if quiet else contextlib.nullcontext()): learn.fit_one_cycle(epochs, lr, cbs=[timer, *L(cbs)])
+    with contextlib.ExitStack() as quieted:
+        if quiet: quieted.enter_context(learn.no_bar()); quieted.enter_context(learn.no_logging())
+        learn.fit_one_cycle(epochs, lr, cbs=[timer, *L(cbs)])
     vals = np.array(learn.recorder.values, dtype=float)
     return pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1), train_loss=vals[:,0],
                              valid_loss=vals[:,1], accuracy=vals[:,2], seconds=timer.times))

@@ -38,15 +38,15 @@ class _Cosines(torch.autograd.Function):
         if torch.is_grad_enabled(): raise RuntimeError("ArcFaceHead has a hand-written backward that is not differentiable: double backward (create_graph=True) is not supported")
         xn,w,xr,wr = ctx.saved_tensors
         h,out = ctx.h,xn.dtype
-        winv = wr.clamp_min(_EPS).reciprocal()
-        gp,gx,gw = (g*winv).to(h),None,None
+        winv,gx,gw = wr.clamp_min(_EPS).reciprocal(),None,None
         if ctx.needs_input_grad[0]:
-            gxn = (gp @ w.to(h)).to(out)
+            gxn = ((g*winv).to(h) @ w.to(h)).to(out)
             # F.normalize's gradient, in place: drop the radial part, divide by ‖x‖ (a clamped norm is a constant: no radial part)
             gx = gxn.addcmul_(xn, _rowdot(xn, gxn)[:,None]*(xr >= _EPS), value=-1).div_(xr.clamp_min(_EPS)).to(ctx.xdt)
         if ctx.needs_input_grad[1]:
-            gw,wo = (gp.t() @ xn.to(h)).to(out),w.to(out)  # the gradient `Linear` would get, ...
-            gw = gw.addcmul_(wo, (_rowdot(wo, gw)*winv**2*(wr >= _EPS))[:,None], value=-1).to(w.dtype)  # ... less its part along W_j
+            gw,wo = (g.t().to(h) @ xn.to(h)).to(out),w.to(out)  # the gradient `Linear` would get: no N×C temporary beside g
+            # through 1/‖W_j‖, in place: drop the part along W_j, divide by ‖W_j‖
+            gw = gw.addcmul_(wo, (_rowdot(wo, gw)*winv**2*(wr >= _EPS))[:,None], value=-1).mul_(winv[:,None]).to(w.dtype)
         return gx,gw,None
 
 class ArcFaceHead(nn.Module):

@@ -17,8 +17,8 @@ from .data import mnist_dls
 from .sweep import GRIDS, margin_sweep, margin_search, product_grid, open_study, config_name, SOFTMAX, margin_config
 
 # %% auto #0
-__all__ = ['paper_table', 'sweep_results', 'summarize_sweep', 'plot_arcface', 'plot_combined', 'plot_best', 'sweep_report',
-           'class_angles', 'plot_sphere', 'plot_angles', 'cosine_sweep']
+__all__ = ['paper_table', 'sweep_results', 'summarize_sweep', 'read_runs', 'plot_arcface', 'plot_combined', 'plot_best',
+           'sweep_report', 'class_angles', 'plot_sphere', 'plot_angles', 'cosine_sweep']
 
 # %% ../nbs/07_report.ipynb #819e6fc9
 def paper_table() -> pd.DataFrame:
@@ -47,10 +47,18 @@ def summarize_sweep(res:pd.DataFrame) -> pd.DataFrame:
     summ = pd.DataFrame(dict(mean=g.mean(), std=g.std(ddof=1), n=g.count(), worst=g.min())).reset_index()
     pt = paper_table()
     summ['paper'] = [_paper_acc(r, pt) for r in summ.itertuples()]
+    summ = pd.concat([summ[summ.kind == 'softmax'], summ[summ.kind != 'softmax'].sort_values(['m1', 'm3', 'm2', 's'])], ignore_index=True)
     summ.insert(0, 'config', [config_name(SOFTMAX if r.kind == 'softmax' else margin_config(r.m1, r.m2, r.m3, r.s)) for r in summ.itertuples()])
     return summ
 
 # %% ../nbs/07_report.ipynb #77c865c1
+def read_runs(fname) -> pd.DataFrame:
+    "The `runs.csv` written by `sweep_report`, with `per_epoch` as lists again"
+    res = pd.read_csv(fname)
+    res['per_epoch'] = res.per_epoch.map(lambda s: [float(v) for v in str(s).split()])
+    return res
+
+# %% ../nbs/07_report.ipynb #f5a3225f
 def plot_arcface(summ:pd.DataFrame, ax=None, s=None):
     "ArcFace accuracy against m2: ours (mean ± std over seeds) and the paper's single runs"
     if ax is None: _,ax = plt.subplots(figsize=(7, 4))
@@ -86,7 +94,7 @@ def plot_best(res:pd.DataFrame, n:int=3, ax=None):
     ax.set(xlabel='epoch', ylabel='test accuracy %', title='Best configurations per epoch'); ax.grid(alpha=.3); ax.legend(fontsize=7)
     return ax.figure
 
-# %% ../nbs/07_report.ipynb #22f4d4ed
+# %% ../nbs/07_report.ipynb #1cbc4aad
 def sweep_report(study:optuna.Study, out=None) -> pd.DataFrame:
     "Summary table of `study` beside the paper's numbers; with `out`, also summary.csv, runs.csv and the three plots"
     res = sweep_results(study)
@@ -98,7 +106,7 @@ def sweep_report(study:optuna.Study, out=None) -> pd.DataFrame:
         plot_best(res).savefig(out/'best.png', dpi=120, bbox_inches='tight'); plt.close('all')
     return summ
 
-# %% ../nbs/07_report.ipynb #1cbc4aad
+# %% ../nbs/07_report.ipynb #12763b27
 def class_angles(learn:Learner, ds_idx:int=1, dl=None):
     "Features, targets, and each feature's angle (degrees) to its own class centre and to the nearest other centre"
     emb,targs = learn.get_embeddings(ds_idx, dl)
@@ -130,7 +138,7 @@ def plot_angles(learn:Learner, ax=None, title=None, ds_idx:int=1, bins:int=60):
     ax.set(xlabel='angle (degrees)', ylabel='test samples', title=title or type(learn.loss_func).__name__); ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/07_report.ipynb #4ecac3db
+# %% ../nbs/07_report.ipynb #e48c2151
 @call_parse
 def cosine_sweep(
     data:str=None, # MNIST folder: IDX files or `mnist_png`; default $COSINE_LOSSES_MNIST, else fastai's download

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 from cosine_losses.sweep import margin_sweep, open_study, job_params, _key, config_name, paper_grid
-from cosine_losses.report import sweep_results, summarize_sweep, paper_table
+import pandas as pd
+from cosine_losses.report import sweep_results, summarize_sweep, paper_table, sweep_report, read_runs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_worker import synthetic_dls, GRID
@@ -29,6 +30,10 @@ def test_tiny_grid_same_code_path(tmp_path):
     assert len(res) == 6 and set(res.config) == {config_name(c) for c in GRID}
     assert all(len(a) == 1 and 0 <= a[0] <= 100 for a in res.per_epoch)
     summ = summarize_sweep(res)
+    pd.testing.assert_frame_equal(summ, sweep_report(st, tmp_path/'out'))
+    back = read_runs(tmp_path/'out'/'runs.csv')
+    assert back.per_epoch.map(lambda a: round(a[0], 2)).tolist() == res.per_epoch.map(lambda a: round(a[0], 2)).tolist()
+    pd.testing.assert_frame_equal(summarize_sweep(back), summ, atol=1e-6, check_dtype=False)
     assert summ.n.tolist() == [2, 2, 2] and (summ['mean'] > 50).all()  # the bands are easy: far above chance (33 %)
     margin_sweep(synthetic_dls(), GRID, seeds=2, epochs=1, storage=tmp_path/'s.db', study_name='t', emb_size=8, verbose=False)
     assert len(open_study(tmp_path/'s.db', 't').trials) == 6  # resumed: nothing trained twice
