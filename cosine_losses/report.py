@@ -14,11 +14,12 @@ import optuna
 from optuna.trial import TrialState
 from .heads import ArcFaceHead
 from .data import mnist_dls
+from .compare import make_learner
 from .sweep import GRIDS, margin_sweep, margin_search, product_grid, open_study, config_name, SOFTMAX, margin_config
 
 # %% auto #0
 __all__ = ['paper_table', 'sweep_results', 'summarize_sweep', 'read_runs', 'plot_arcface', 'plot_combined', 'plot_best',
-           'sweep_report', 'class_angles', 'plot_sphere', 'plot_angles', 'cosine_sweep']
+           'sweep_report', 'class_angles', 'plot_sphere', 'plot_angles', 'sphere_figure', 'cosine_sweep']
 
 # %% ../nbs/07_report.ipynb #819e6fc9
 def paper_table() -> pd.DataFrame:
@@ -138,7 +139,22 @@ def plot_angles(learn:Learner, ax=None, title=None, ds_idx:int=1, bins:int=60):
     ax.set(xlabel='angle (degrees)', ylabel='test samples', title=title or type(learn.loss_func).__name__); ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/07_report.ipynb #e48c2151
+# %% ../nbs/07_report.ipynb #f4d7803a
+def sphere_figure(dls, losses=('softmax', 'arcface'), epochs:int=5, lr:float=3e-2, seed:int=0):
+    "Train each of `losses` with `emb_size=3`; sphere plots above angle histograms. Returns the figure and the learners"
+    fig,learns = plt.figure(figsize=(5*len(losses), 8)),[]
+    for i,loss in enumerate(losses):
+        set_seed(seed, reproducible=True)
+        learn = make_learner(dls, loss, emb_size=3)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+        acc = learn.validate()[1]*100
+        plot_sphere(learn, fig.add_subplot(2, len(losses), i+1, projection='3d'), title=f'{loss}: {acc:.2f} %')
+        plot_angles(learn, fig.add_subplot(2, len(losses), len(losses)+i+1), title=loss)
+        learns.append(learn)
+    fig.tight_layout()
+    return fig,learns
+
+# %% ../nbs/07_report.ipynb #bda0f09e
 @call_parse
 def cosine_sweep(
     data:str=None, # MNIST folder: IDX files or `mnist_png`; default $COSINE_LOSSES_MNIST, else fastai's download
