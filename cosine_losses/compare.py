@@ -73,7 +73,7 @@ def summarize(res:pd.DataFrame) -> pd.DataFrame:
 def format_summary(summ:pd.DataFrame) -> str:
     "The summary as a markdown table"
     lines = ['| loss | test accuracy % (mean ± std) | seeds | s / epoch |', '|---|---|---|---|']
-    lines += [f'| {l} | {r.accuracy:.2f} ± {r["std"]:.2f} | {r.n} | {r.sec_per_epoch:.1f} |' for l,r in summ.iterrows()]
+    lines += [f'| {l} | {r.accuracy:.2f} ± {r["std"]:.2f} | {int(r.n)} | {r.sec_per_epoch:.1f} |' for l,r in summ.iterrows()]
     return '\n'.join(lines)
 
 def plot_compare(res:pd.DataFrame, ax=None, title='Test accuracy per epoch'):
@@ -85,6 +85,7 @@ def plot_compare(res:pd.DataFrame, ax=None, title='Test accuracy per epoch'):
         ax.plot(m.index, m, marker='o', label=f'{loss} (n={df.seed.nunique()})')
         ax.fill_between(m.index, m-s, m+s, alpha=.2)
     ax.set(xlabel='epoch', ylabel='test accuracy %', title=title); ax.grid(alpha=.3); ax.legend()
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return ax.figure
 
 # %% ../nbs/05_compare.ipynb #f6d04f81

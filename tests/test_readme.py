@@ -10,6 +10,11 @@ import readme
 def test_readme_is_fresh():
     assert (root/'README.md').read_text() == readme.render(), "README.md is stale: run `python tools/readme.py`"
 
+def test_index_runs():
+    "The README's example code runs (cells marked `#| eval: false` need the full data set and are skipped)"
+    from nbdev.test import test_nb
+    assert test_nb(root/'index.ipynb', basepath=root)[0]
+
 def test_readme_mentions_its_commands():
     txt = (root/'README.md').read_text()
     assert 'pip install -e ".[dev]"' in txt and 'nbdev-test && pytest' in txt
