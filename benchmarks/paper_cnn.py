@@ -19,7 +19,7 @@ def main(data:str=None, # MNIST folder; default $COSINE_LOSSES_MNIST
          seeds:int=3, # seeds per configuration
          epochs:Annotated[int, "one-cycle lengths to train", {'nargs': '+'}]=(1, 3, 5),
          threads:int=1, # torch intra-op threads
-         lr:float=1e-2, # maximum learning rate
+         lr:float=3e-2, # maximum learning rate
          bs:int=256, # batch size
          out:str=None): # optional CSV of every epoch
     torch.set_num_threads(threads)
