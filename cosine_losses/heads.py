@@ -19,7 +19,8 @@ _EPS = 1e-12  # as `F.normalize`: norms below it are clamped
 def _rowdot(a:Tensor, b:Tensor) -> Tensor:
     "Row-wise dot products of `a` and `b` (n, d), about 2²⁰ numbers at a time: no n×d temporary, and no autocast"
     rows = max(1, 2**20//max(1, a.shape[1]))
-    return torch.cat([(x*y).sum(1) for x,y in zip(a.split(rows), b.split(rows))])
+    buf = a.new_empty(min(rows, len(a)), a.shape[1])  # one buffer for all chunks: on a CPU, fresh ones would pile up in malloc's heap
+    return torch.cat([torch.mul(x, y, out=buf[:len(x)]).sum(1) for x,y in zip(a.split(rows), b.split(rows))])
 
 class _Cosines(torch.autograd.Function):
     "x̂·W_j/‖W_j‖ in precision `out`, with a backward that saves nothing of size N×C and makes no C×d temporary"

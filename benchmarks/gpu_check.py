@@ -1,0 +1,131 @@
+"""GPU check: head + loss speed in float32 and under fp16 / bf16 autocast, then MNIST with `to_fp16()` against float32.
+
+    python benchmarks/gpu_check.py                      # on a CUDA machine: about a minute or two on an H100
+    python benchmarks/gpu_check.py --device cpu --quick # the same logic on a CPU, in seconds (C ≤ 1000, 1 epoch, 2,048 images)
+
+1. `ArcFaceHead` + `CombinedMarginLoss` (ArcFace m=0.5, s=30), forward + backward, against `nn.Linear(bias=False)` +
+   `F.cross_entropy`, the naive formulation and pytorch-metric-learning's `ArcFaceLoss` (if installed): N=256, d=512,
+   C in {10, 1000, 100000}; float32, then the forward under `torch.autocast` in fp16 and bf16 (backward outside it, as
+   fastai does). Median over interleaved samples (`torch.cuda.synchronize` around each), as ratios to Linear + CE;
+   CUDA peak memory (`max_memory_allocated` over one step, above what was allocated before it) likewise.
+2. `cosine_learner` on MNIST, `fit_one_cycle(5, 3e-2)`, once with `to_fp16()` and once in float32: per-epoch
+   accuracy and seconds; fails if any training or validation loss is not finite. On a CPU `to_fp16` would be a
+   no-op (fastai's `MixedPrecision` autocasts CUDA only), so there the half-precision run uses `to_autocast()` (bf16).
+   MNIST from `--mnist`, else $COSINE_LOSSES_MNIST, else ../shared/data/mnist beside the repository.
+"""
+from __future__ import annotations
+import argparse, contextlib, math, os, sys, time
+from pathlib import Path
+import torch
+sys.path.insert(0, str(Path(__file__).parent))
+import head_loss as H
+
+def cuda_peak(names, N, d, C, device, ctx):
+    "Peak CUDA memory one step adds, per contender (exact: the caching allocator's own count)"
+    res = {}
+    for nm in names:
+        torch.manual_seed(0)
+        step = H.step_fn(*H.CONTENDERS[nm](C, d, device), *H.inputs(N, d, C, device), ctx=ctx)
+        step(); torch.cuda.synchronize()  # cuBLAS workspaces and the like are not the contender's
+        before = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+        step(); torch.cuda.synchronize()
+        res[nm] = torch.cuda.max_memory_allocated() - before
+        del step; torch.cuda.empty_cache()
+    return res
+
+def bench(device, Cs, repeats, N=256, d=512):
+    cuda = device.startswith('cuda')
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    names = [n for n in H.CONTENDERS if n != 'pml' or H.have_pml()]
+    if 'pml' not in names: print('pytorch-metric-learning is not installed: skipping pml')
+    print(f"\n== head + loss, forward + backward: N={N}, d={d}, ArcFace m=0.5 s=30, median of {repeats}; ratios to Linear + CE")
+    print(f"{'precision':<9} {'C':>7} {'contender':<10} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6}")
+    worst = {}
+    for prec,dt in ('float32', None), ('fp16', torch.float16), ('bf16', torch.bfloat16):
+        ctx = (lambda dt=dt: torch.autocast(device.split(':')[0], dtype=dt)) if dt else contextlib.nullcontext
+        for C in Cs:
+            ts = H.time_all(names, N, d, C, repeats, sync=sync, device=device, ctx=ctx)
+            ms = cuda_peak(names, N, d, C, device, ctx) if cuda else {}
+            for nm in names:
+                mem = f"{ms[nm]/2**20:9.1f} {ms[nm]/max(ms['linear_ce'], 1):6.2f}" if ms else f"{'-':>9} {'-':>6}"
+                print(f"{prec:<9} {C:>7} {nm:<10} {ts[nm]*1e3:9.3f} {ts[nm]/ts['linear_ce']:7.2f} {mem}", flush=True)
+            worst[prec, C] = ts['ours']/ts['linear_ce'], ts.get('pml', math.inf) > ts['ours']
+            # the loss itself must stay finite under autocast
+            torch.manual_seed(0)
+            mod,f = H.ours(C, d, device)
+            x,y = H.inputs(N, d, C, device)
+            with ctx(): v = f(x, y)
+            assert torch.isfinite(v), f"non-finite loss {v.item()} at C={C} under {prec}"
+    print("ours/Linear+CE at the largest C: " + ", ".join(f"{p} {worst[p, max(Cs)][0]:.2f}×" for p in ('float32', 'fp16', 'bf16')))
+    if 'pml' in names: print("ours faster than pml everywhere: " + ("yes" if all(v[1] for v in worst.values()) else "NO"))
+
+def mnist_folder(arg):
+    if arg: return arg
+    if os.environ.get('COSINE_LOSSES_MNIST'): return os.environ['COSINE_LOSSES_MNIST']
+    p = Path(__file__).resolve().parents[2]/'shared'/'data'/'mnist'
+    return str(p) if p.is_dir() else None  # None: fastai's download
+
+def train(device, path, epochs, lr, quick):
+    from fastai.callback.core import Callback
+    from fastai.torch_core import set_seed
+    from cosine_losses.data import mnist_dls
+    from cosine_losses.learner import cosine_learner
+    import cosine_losses.callbacks  # Learner.to_autocast
+    cuda = device.startswith('cuda')
+    n = dict(n_train=2048, n_valid=512) if quick else {}
+    print(f"\n== cosine_learner on MNIST ({path or 'download'}{', first 2,048/512 images' if quick else ''}): "
+          f"fit_one_cycle({epochs}, {lr}), bs=256, ArcFace m2=0.5 s=30")
+
+    class EpochClock(Callback):
+        "Seconds per epoch, training losses that are not finite, steps the fp16 grad scaler skipped"
+        order = 60
+        def before_fit(self): self.secs,self.bad,self.skipped = [],0,0
+        def before_epoch(self): self.t = time.perf_counter()
+        def after_batch(self):
+            if self.training and not torch.isfinite(self.learn.loss).all(): self.bad += 1
+        def after_cancel_step(self): self.skipped += 1
+        def after_epoch(self):
+            if cuda: torch.cuda.synchronize()
+            self.secs.append(time.perf_counter() - self.t)
+
+    res = {}
+    for half in True, False:
+        set_seed(0)
+        dls = mnist_dls(path, bs=256, device=torch.device(device), **n)
+        clock = EpochClock()
+        learn = cosine_learner(dls, cbs=clock)
+        name = ('fp16 (to_fp16)' if cuda else 'bf16 (to_autocast)') if half else 'float32'
+        if half: learn = learn.to_fp16() if cuda else learn.to_autocast(torch.bfloat16)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+        vals = learn.recorder.values
+        print(f"{name}:")
+        for i,(v,s) in enumerate(zip(vals, clock.secs)):
+            print(f"  epoch {i}  train loss {v[0]:.4f}  valid loss {v[1]:.4f}  accuracy {v[2]*100:6.2f}%  {s:6.2f} s")
+        print(f"  non-finite training losses: {clock.bad}; grad-scaler skipped steps: {clock.skipped}")
+        assert clock.bad == 0 and all(math.isfinite(v[0]) and math.isfinite(v[1]) for v in vals), f"{name}: NaN/inf loss {vals}"
+        res[name] = vals[-1][2], sum(clock.secs)
+    (h,(ah,th)),(f,(af,tf)) = res.items()
+    print(f"final accuracy {h} {ah*100:.2f}% vs float32 {af*100:.2f}%; time {th:.1f} s vs {tf:.1f} s")
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--quick', action='store_true', help='C ≤ 1000, 3 repeats, 1 epoch on 2,048 images: checks the logic')
+    p.add_argument('--repeats', type=int, help='timed samples per contender (default 15, quick 3)')
+    p.add_argument('--C', type=int, nargs='+', help='numbers of classes (default 10 1000 100000, quick 10 1000)')
+    p.add_argument('--epochs', type=int, help='MNIST epochs (default 5, quick 1)')
+    p.add_argument('--lr', type=float, default=3e-2)
+    p.add_argument('--threads', type=int, default=1, help='torch.set_num_threads on a CPU (one: small shared machines)')
+    p.add_argument('--mnist', help='MNIST folder (IDX files, gzipped or not)')
+    p.add_argument('--skip-bench', action='store_true'); p.add_argument('--skip-train', action='store_true')
+    a = p.parse_args(argv)
+    if a.device.startswith('cuda') and not torch.cuda.is_available(): sys.exit("no CUDA device: use --device cpu --quick")
+    if not a.device.startswith('cuda'): torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    dev = torch.cuda.get_device_name(a.device) if a.device.startswith('cuda') else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {dev}" + (", --quick" if a.quick else ""))
+    if not a.skip_bench: bench(a.device, a.C or ([10, 1000] if a.quick else [10, 1000, 100000]), a.repeats or (3 if a.quick else 15))
+    if not a.skip_train: train(a.device, mnist_folder(a.mnist), a.epochs or (1 if a.quick else 5), a.lr, a.quick)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+if __name__ == '__main__': main()

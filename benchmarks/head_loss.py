@@ -1,0 +1,164 @@
+"""Head + loss, forward + backward: `ArcFaceHead` + `CombinedMarginLoss` against `nn.Linear` + cross-entropy.
+
+Prints a table of median step times and peak memory, each as a ratio to Linear + CE, for N features of size d and
+C classes. Contenders (all ArcFace m=0.5, s=30 except the plain softmax baseline):
+
+- linear_ce: `nn.Linear(d, C, bias=False)` + `F.cross_entropy`, the cost we aim at
+- ours:      `ArcFaceHead(d, C)` + `CombinedMarginLoss(s=30, m2=0.5)`
+- naive:     the straightforward formulation: normalise the C×d centres every step, margin a full one-hot copy of the logits
+- pml:       pytorch-metric-learning's `ArcFaceLoss` (margin in degrees: 28.65° = 0.5 rad), if it is installed
+
+Time: every contender runs in the same process, interleaved (the order rotates every repeat), one sample being the mean
+of enough steps to last ~50 ms; we report the median of `--repeats` samples. Memory: each (contender, C) runs in a fresh
+subprocess; after building the parameters and inputs (and one warm-up step at C=10 to load the kernels) we reset the
+kernel's high-water mark (/proc/self/clear_refs) and report VmHWM − VmRSS-before-the-step: the peak resident memory the
+forward + backward adds, W's gradient included. That is what the OS had to give the process (glibc malloc as configured,
+allocator effects included: tensors over 32 MB are always their own mappings, returned on free), not an estimate.
+
+    python benchmarks/head_loss.py                      # C = 10, 1000, 100000, 1 thread
+    python benchmarks/head_loss.py --C 100000 --repeats 11 --threads 2
+"""
+from __future__ import annotations
+import argparse, contextlib, gc, json, math, os, statistics, subprocess, sys, time
+import torch, torch.nn as nn, torch.nn.functional as F
+
+S, M = 30., 0.5
+
+def _param(C, d, device):
+    w = torch.empty(C, d, device=device)
+    nn.init.xavier_normal_(w)
+    return nn.Parameter(w)
+
+def linear_ce(C, d, device='cpu'):
+    lin = nn.Linear(d, C, bias=False, device=device)
+    return lin, lambda x, y: F.cross_entropy(lin(x), y)
+
+def ours(C, d, device='cpu'):
+    from cosine_losses.heads import ArcFaceHead
+    from cosine_losses.losses import CombinedMarginLoss
+    head,loss = ArcFaceHead(d, C).to(device),CombinedMarginLoss(s=S, m2=M)
+    return head, lambda x, y: loss(head(x), y)
+
+def naive_loss(x, w, y, s=S, m=M):
+    "The straightforward ArcFace: normalised centres every step, margin applied through a full (N, C) one-hot copy"
+    cos = (F.normalize(x.float(), dim=1) @ F.normalize(w.float(), dim=1).t()).float()  # half under autocast
+    cos_y = cos.gather(1, y[:, None]).squeeze(1)
+    th = torch.acos(cos_y.clamp(-1 + 1e-7, 1 - 1e-7))
+    psi = torch.where(th <= math.pi - m, torch.cos(th + m), cos_y - m*math.sin(m))
+    onehot = F.one_hot(y, cos.shape[1]).to(cos.dtype)
+    return F.cross_entropy(s*(cos*(1 - onehot) + psi[:, None]*onehot), y)
+
+def naive(C, d, device='cpu'):
+    w = _param(C, d, device)
+    return nn.ParameterList([w]), lambda x, y: naive_loss(x, w, y)
+
+def pml(C, d, device='cpu'):
+    from pytorch_metric_learning.losses import ArcFaceLoss
+    loss = ArcFaceLoss(num_classes=C, embedding_size=d, margin=math.degrees(M), scale=S).to(device)
+    return loss, lambda x, y: loss(x, y)
+
+def have_pml():
+    try: import pytorch_metric_learning; return True
+    except ImportError: return False
+
+CONTENDERS = dict(linear_ce=linear_ce, ours=ours, naive=naive, pml=pml)
+
+def inputs(N, d, C, device='cpu', seed=0):
+    g = torch.Generator(device='cpu').manual_seed(seed)
+    x = torch.randn(N, d, generator=g).to(device).requires_grad_(True)
+    return x, torch.randint(0, C, (N,), generator=g).to(device)
+
+def step_fn(module, f, x, y, ctx=contextlib.nullcontext):
+    "One training step of the head + loss: forward (inside `ctx`, e.g. autocast), backward into x and the centres"
+    params = list(module.parameters())
+    def step():
+        x.grad = None
+        for p in params: p.grad = None
+        with ctx(): loss = f(x, y)
+        loss.backward()
+    return step
+
+# ---------------------------------------------------------------- time
+def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu', ctx=contextlib.nullcontext):
+    "Median seconds per step of each contender, sampled interleaved in this process"
+    steps = {}
+    for nm in names:
+        torch.manual_seed(0)
+        steps[nm] = step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device), ctx=ctx)
+    iters = {}
+    for nm,run in steps.items():  # warm up, then size each sample to last about min_s
+        run(); sync(); t = time.perf_counter(); run(); sync()
+        iters[nm] = max(1, math.ceil(min_s/(time.perf_counter() - t)))
+    samples = {nm: [] for nm in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for nm in order:
+            sync(); t = time.perf_counter()
+            for _ in range(iters[nm]): steps[nm]()
+            sync(); samples[nm].append((time.perf_counter() - t)/iters[nm])
+    del steps; gc.collect()
+    return {nm: statistics.median(v) for nm,v in samples.items()}
+
+# ---------------------------------------------------------------- memory
+def _status(key):
+    with open('/proc/self/status') as f:
+        for l in f:
+            if l.startswith(key): return int(l.split()[1])*1024
+    raise KeyError(key)
+
+def _peak_child(name, N, d, C, threads):
+    "Run in a fresh process: peak resident bytes one forward + backward adds"
+    torch.set_num_threads(threads)
+    def build(c):
+        torch.manual_seed(0)
+        return step_fn(*CONTENDERS[name](c, d), *inputs(N, d, c))
+    build(10)(); gc.collect()  # a step at C=10 loads kernels and thread pools, so they are not counted against C
+    step = build(C)
+    before = _status('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as fh: fh.write('5')  # reset VmHWM to the current RSS
+    step()
+    return _status('VmHWM') - before
+
+def peak_mem(name, N, d, C, threads):
+    cmd = [sys.executable, __file__, '--_child', name, '--N', str(N), '--d', str(d), '--C', str(C), '--threads', str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])['peak']
+
+# ---------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--C', type=int, nargs='+', default=[10, 1000, 100000], help='numbers of classes')
+    p.add_argument('--N', type=int, default=256, help='batch size')
+    p.add_argument('--d', type=int, default=512, help='feature size')
+    p.add_argument('--repeats', type=int, default=7, help='timed samples per contender (median reported)')
+    p.add_argument('--threads', type=int, default=1, help='torch.set_num_threads')
+    p.add_argument('--contenders', nargs='+', default=list(CONTENDERS), choices=list(CONTENDERS))
+    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory subprocesses')
+    p.add_argument('--_child', help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._child:
+        print(json.dumps(dict(peak=_peak_child(a._child, a.N, a.d, a.C[0], a.threads)))); return
+    torch.set_num_threads(a.threads)
+    names = [n for n in a.contenders if n != 'pml' or have_pml()]
+    if 'linear_ce' not in names: names.insert(0, 'linear_ce')
+    if len(names) < len(a.contenders) + ('linear_ce' not in a.contenders): print('pytorch-metric-learning is not installed: skipping pml')
+    print(f"torch {torch.__version__}, float32, CPU, {a.threads} thread(s), N={a.N}, d={a.d}, ArcFace m=0.5 s=30, "
+          f"median of {a.repeats}" + ("" if a.no_memory else "; memory: peak RSS growth of one step, fresh process each"))
+    print(f"{'C':>7} {'contender':<10} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6}")
+    res = {}
+    for C in a.C:
+        ts = time_all(names, a.N, a.d, C, a.repeats)
+        ms = {} if a.no_memory else {nm: peak_mem(nm, a.N, a.d, C, a.threads) for nm in names}
+        for nm in names:
+            # below a few MiB the figures are at page resolution and malloc's heap: no ratio
+            mem = f"{ms[nm]/2**20:9.1f} " + (f"{ms[nm]/ms['linear_ce']:6.2f}" if ms['linear_ce'] >= 2**21 else f"{'-':>6}") if ms else f"{'-':>9} {'-':>6}"
+            print(f"{C:>7} {nm:<10} {ts[nm]*1e3:9.2f} {ts[nm]/ts['linear_ce']:7.2f} {mem}", flush=True)
+        res[C] = dict(time=ts, mem=ms)
+    if 'ours' in names and 100000 in a.C:
+        C = 100000
+        t,m = res[C]['time'],res[C]['mem']
+        print(f"targets at C={C}: time {t['ours']/t['linear_ce']:.2f}× Linear+CE (≤ 1.25)" + (f", peak memory {m['ours']/m['linear_ce']:.2f}× (≤ 1.5)" if m else ""))
+        if 'pml' in names: print("faster than pml's ArcFaceLoss at every C: " + ("yes" if all(r['time']['ours'] < r['time']['pml'] for r in res.values()) else "NO"))
+    return res
+
+if __name__ == '__main__': main()
