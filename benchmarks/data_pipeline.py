@@ -5,7 +5,7 @@ the data alone, the same training steps in a bare PyTorch loop, and fastai's own
 
     python benchmarks/data_pipeline.py [--data PATH] [--n-train 20000] [--reps 2] [--threads 1]
 """
-import tempfile, time
+import cProfile, io, pstats, tempfile, time
 from pathlib import Path
 import torch
 from PIL import Image
@@ -46,7 +46,8 @@ def main(data:str=None, # MNIST folder; default $COSINE_LOSSES_MNIST
          n_valid:int=2000, # validation images
          bs:int=256, # batch size
          reps:int=2, # epochs timed per pipeline, interleaved
-         threads:int=1): # torch intra-op threads
+         threads:int=1, # torch intra-op threads
+         profile:bool=False): # also print the top functions (cProfile, by own time) of one data pass per pipeline
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter(); write_png_tree(Path(d), n_train, n_valid, data)
@@ -71,3 +72,8 @@ def main(data:str=None, # MNIST folder; default $COSINE_LOSSES_MNIST
         for k,b in best.items():
             print(f'  {k:12s} data only {b["data"]:6.2f}   bare PyTorch steps on cached batches {b["bare"]:6.2f}   '
                   f'fastai epoch {b["epoch"]:6.2f}   rest (fastai loop, validation) {b["epoch"]-b["data"]-b["bare"]:6.2f}')
+        if profile:
+            for k,l in learns.items():
+                pr = cProfile.Profile(); pr.enable(); data_pass(l.dls.train); pr.disable()
+                s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats('tottime').print_stats(8)
+                print(f'\n{k}: one data pass, top functions by own time\n' + '\n'.join(s.getvalue().splitlines()[6:18]))
