@@ -359,14 +359,6 @@ def test_export_small_with_real_size_data(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # Real MNIST
 # ----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def real_mnist():
-    p = Path(os.environ.get(MNIST_ENV) or REPO.parent/'shared/data/mnist')
-    if not p.is_dir():
-        if os.environ.get('CI'): pytest.fail(f"real MNIST is required under CI: set ${MNIST_ENV} (looked in {p})")
-        pytest.skip(f"real MNIST not found at {p}; set ${MNIST_ENV}")
-    return p
-
 def test_real_mnist(real_mnist):
     xt, yt, xv, yv = read_idx_folder(real_mnist)
     assert (xt.shape, xv.shape, yt.shape, yv.shape) == ((60000, 28, 28), (10000, 28, 28), (60000,), (10000,))

@@ -10,17 +10,11 @@ from cosine_losses.losses import CombinedMarginLoss
 from cosine_losses.heads import ArcFaceHead
 from cosine_losses.learner import cosine_learner, softmax_learner, cosine_model
 from cosine_losses.callbacks import MarginScheduler, AngleStats, Autocast
-from cosine_losses.data import mnist_dls, MNIST_ENV
+from cosine_losses.data import mnist_dls
 
-REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
-def dls():
-    p = Path(os.environ.get(MNIST_ENV) or REPO.parent/'shared/data/mnist')
-    if not p.is_dir():
-        if os.environ.get('CI'): pytest.fail(f"real MNIST is required under CI: set ${MNIST_ENV} (looked in {p})")
-        pytest.skip(f"real MNIST not found at {p}")
-    return mnist_dls(p, bs=128, n_train=6000, n_valid=1000)
+def dls(real_mnist): return mnist_dls(real_mnist, bs=128, n_train=6000, n_valid=1000)
 
 @pytest.fixture(scope='module')
 def learn(dls):
