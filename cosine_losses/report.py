@@ -77,6 +77,7 @@ def plot_combined(summ:pd.DataFrame, ax=None):
     "Heat map of mean accuracy over the combined grid (m2 × m3, m3 > 0)"
     if ax is None: _,ax = plt.subplots(figsize=(5, 3.5))
     piv = summ[(summ.kind == 'margin') & (summ.m3 > 0)].pivot_table(index='m3', columns='m2', values='mean')
+    if piv.empty: ax.set_title('combined margin: no runs yet'); return ax.figure
     im = ax.imshow(piv.values, cmap='viridis', aspect='auto')
     ax.set(xticks=range(len(piv.columns)), xticklabels=[f'{v:.2f}' for v in piv.columns], yticks=range(len(piv.index)),
            yticklabels=[f'{v:.2f}' for v in piv.index], xlabel='m2', ylabel='m3', title='combined margin: mean accuracy %')
