@@ -175,6 +175,7 @@ def cosine_sweep(
     study:str=None, # study name; default from the grid and epochs
 ):
     "Run a margin sweep on MNIST into an Optuna study (resumable, shareable between processes), then report it"
+    if grid is not None and grid not in GRIDS: raise ValueError(f"--grid must be one of {list(GRIDS)}, got {grid!r}")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     storage = storage or out/'sweep.db'
     dls = mnist_dls(data, bs=bs)

@@ -134,5 +134,6 @@ def margin_search(dls, n_trials:int=30, epochs:int=20, lr:float=3e-2, seed:int=0
         rows = train_one(dls, config_name(c), epochs, seed, lr, quiet=True, **kwargs)
         for col in ('accuracy', 'valid_loss', 'train_loss', 'seconds'): trial.set_user_attr(col, rows[col].tolist())
         return float(rows.accuracy.iloc[-1])
-    study.optimize(obj, callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < n_trials:  # a finished search resumes to nothing
+        study.optimize(obj, callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])
     return study

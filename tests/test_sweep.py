@@ -73,3 +73,16 @@ def test_paper_grid_and_table():
     pt = paper_table()
     assert len(pt.query('epochs == 20')) == 40
     assert {(round(c['m2'], 2), round(c['m3'], 2)) for c in g[1:]} == {(r.m2, r.m3) for r in pt.query('epochs == 20').itertuples()}
+
+def test_tpe_search(tmp_path):
+    from cosine_losses.sweep import margin_search
+    st = margin_search(synthetic_dls(), n_trials=3, epochs=1, m2=(.1, .6), m3=(0., .2), storage=tmp_path/'s.db', study_name='tpe', emb_size=8)
+    done = st.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3 and all(.1 <= t.params['m2'] <= .6 and 0 <= t.params['m3'] <= .2 for t in done)
+    assert all(len(t.user_attrs['accuracy']) == 1 for t in done)
+    margin_search(synthetic_dls(), n_trials=3, epochs=1, storage=tmp_path/'s.db', study_name='tpe', emb_size=8)
+    assert len(open_study(tmp_path/'s.db', 'tpe').get_trials(states=(TrialState.COMPLETE,))) == 3  # already complete: nothing more
+
+def test_unknown_grid_is_a_clear_error():
+    from cosine_losses.report import cosine_sweep
+    with pytest.raises(ValueError, match="'paper'"): cosine_sweep(grid='papr')
