@@ -57,6 +57,7 @@ def _head_learner(dls, arch, head, loss_func, emb_size, normalize, n_out, pretra
     if not n_out: raise ValueError("`n_out` is not defined and could not be inferred from `dls`: pass `n_out` or set `dls.c`")
     n_in,meta = _n_in(dls, arch, kwargs),model_meta.get(arch, _default_meta)
     if weights is not None: kwargs['weights'] = weights
+    if isinstance(arch, str) and 'timm' not in globals(): raise ImportError(f"arch {arch!r} is a timm name: `pip install timm` to use it")
     model = cosine_model(arch, n_out, emb_size, head=head, pretrained=pretrained, n_in=n_in, **kwargs)
     if normalize and arch is not None:
         if isinstance(arch, str): _timm_norm(dls, timm.create_model(arch, pretrained=False).default_cfg, pretrained, n_in)

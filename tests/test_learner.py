@@ -135,3 +135,11 @@ def test_bad_input(dls):
     with pytest.raises(ValueError, match='margin'): MarginScheduler({'margin': SchedLin(0, 1)})
     l = softmax_learner(dls, emb_size=8, cbs=AngleStats())
     with pytest.raises(TypeError, match='ArcFaceHead'): l.fit(1)
+
+def test_timm_name_without_timm(dls):
+    try: import timm
+    except ImportError:
+        with pytest.raises(ImportError, match='pip install timm'): cosine_learner(dls, 'resnet18', pretrained=False)
+    else:
+        l = cosine_learner(dls, 'resnet18', pretrained=False, n_in=1, emb_size=8)
+        assert l.model(dls.one_batch()[0][:2]).shape == (2, 10)
