@@ -40,11 +40,12 @@ def test_tiny_grid_same_code_path(tmp_path):
 
 def test_killed_sweep_resumes_with_every_run_once(tmp_path):
     db = tmp_path/'s.db'
-    w = _start(db, 2, .05)
+    open_study(db, 't')  # created here first, so polling it below never races the worker's creation of the schema
+    w = _start(db, 2, .2)  # ~1 s a run: time to catch one in flight
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it while a run is in flight, after at least one finished
-        time.sleep(.3)
-        if not db.exists(): continue
+        time.sleep(.2)
+        assert w.poll() is None, w.stderr.read().decode()[-2000:]
         try: done,st = _complete(db)
         except Exception: continue
         if sum(done.values()) >= 1 and any(t.state == TrialState.RUNNING for t in st.trials): break
