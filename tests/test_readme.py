@@ -26,7 +26,8 @@ def test_ci_runs_the_readme_commands():
 def test_render_drops_hidden_cells_and_directives(tmp_path):
     cells = [dict(cell_type='markdown', source=['# T'], metadata={}),
              dict(cell_type='code', source=['#| hide\nsecret()'], metadata={}, outputs=[]),
-             dict(cell_type='code', source=['#| eval: false\nx = 1'], metadata={}, outputs=[dict(output_type='stream', name='stdout', text=['1\n'])])]
+             dict(cell_type='code', source=['#| eval: false\nx = 1'], metadata={}, outputs=[dict(output_type='stream', name='stdout', text=['1\n']),
+                                                                                             dict(output_type='stream', name='stderr', text=['a warning\n'])])]
     p = tmp_path/'nb.ipynb'
     p.write_text(json.dumps(dict(cells=cells, metadata={}, nbformat=4, nbformat_minor=5)))
     assert readme.render(p) == '# T\n\n```python\nx = 1\n```\n\n```\n1\n```\n'

@@ -11,7 +11,8 @@ def _outputs(cell):
     "Text of a code cell's outputs (plots and rich outputs are left to the docs)"
     txt = []
     for o in cell.get('outputs', []):
-        if o['output_type'] == 'stream': txt.append(''.join(o['text']))
+        if o['output_type'] == 'stream':
+            if o.get('name') != 'stderr': txt.append(''.join(o['text']))  # warnings are noise in a README
         elif 'text/markdown' in o.get('data', {}): txt.append(('md', ''.join(o['data']['text/markdown'])))
         elif 'text/plain' in o.get('data', {}): txt.append(''.join(o['data']['text/plain']))
     return txt
