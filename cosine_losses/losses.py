@@ -27,7 +27,7 @@ def _safe_acos(c:Tensor) -> Tensor:
 # %% ../nbs/00_losses.ipynb #727a6720
 def _is_real(v): return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
-def check_margins(s=64., m1=1., m2=0., m3=0.):
+def check_margins(s=30., m1=1., m2=0., m3=0.):
     "Raise a clear error unless (`s`, `m1`, `m2`, `m3`) is a valid margin"
     for name,v in dict(s=s, m1=m1, m2=m2, m3=m3).items():
         if not _is_real(v): raise TypeError(f"`{name}` must be a real number, got {type(v).__name__}: {v!r}")
