@@ -1,0 +1,104 @@
+"""Operators per training step of head + loss, forward and backward, counted with `torch.profiler` on the CPU.
+
+On a GPU every operator that computes launches at least one kernel, and a step as small as ours (N=256) costs
+launches, not arithmetic; a value read back to the host (`.item()`, `if tensor.any()`) stalls the GPU until its
+queue drains. Both can be counted on the CPU, where the same Python code runs the same operators:
+
+- `ops`: the innermost `aten::` operators that do work, the ones that would be kernels on a GPU; views, reshapes,
+  empty allocations and no-op conversions are not counted, nor two CPU-only helpers (a Python scalar turned into a
+  0-dim tensor, the initial fill of a reduction's output);
+- `fwd` / `bwd`: the same, split into the forward (`loss(head(x), y)`) and `loss.backward()`;
+- `syncs`: `aten::_local_scalar_dense`, the copy of one value to the host (`.item()`, `bool(tensor)`): on a GPU the
+  host waits there for the device's queue to drain.
+
+    python benchmarks/op_count.py 2>/dev/null       # every margin option, N=256, d=512, C=1000 (stderr: the profiler's log)
+    python benchmarks/op_count.py --bf16 --list ours # the forward under bf16 autocast; the operators of one row, in order
+"""
+from __future__ import annotations
+import argparse, contextlib
+import torch, torch.nn as nn
+from torch.profiler import profile, record_function, ProfilerActivity
+
+# operators that compute nothing: views, metadata, allocation, and conversions that are no-ops when nothing runs below them
+FREE = {'view', '_unsafe_view', 'as_strided', 'select', 'slice', 'expand', 'expand_as', 'unsqueeze', 'squeeze', 't',
+        'transpose', 'permute', 'detach', 'detach_', 'alias', 'empty', 'empty_like', 'empty_strided', 'resize_',
+        '_reshape_alias', 'reshape', 'view_as', 'lift_fresh', 'narrow', 'split', 'unbind', 'to', 'contiguous',
+        'type_as', 'result_type', 'item', 'is_nonzero', 'flatten', 'unflatten', 'chunk', 'set_', 'numel', 'size',
+        'stride', 'is_same_size', 'as_strided_', 'dim', 'resolve_conj', 'resolve_neg', 'new_empty', 'new_empty_strided'}
+SYNC = 'aten::_local_scalar_dense'
+
+def configs():
+    "name: (head factory, loss) for every option of the head and the loss, plus Linear + CE"
+    from cosine_losses.heads import ArcFaceHead
+    from cosine_losses.losses import CombinedMarginLoss
+    L = CombinedMarginLoss
+    res = {'linear_ce': (lambda d,C: nn.Linear(d, C, bias=False), nn.CrossEntropyLoss()),
+           'ours': (ArcFaceHead, L(30, 1, .5, 0)),
+           'cosface': (ArcFaceHead, L(30, 1, 0, .35)),
+           'combined': (ArcFaceHead, L(30, 1, .4, .2)),
+           'sphereface': (ArcFaceHead, L(30, 1.35, 0, 0)),
+           'easy_margin': (ArcFaceHead, L(30, 1, .5, 0, easy_margin=True)),
+           'detach_margin': (ArcFaceHead, L(30, 1, .5, 0, detach_margin=True)),
+           'subcentres_k3': (lambda d,C: ArcFaceHead(d, C, k=3), L(30, 1, .5, 0))}
+    return res
+
+def step(head, loss, x, y, ctx=contextlib.nullcontext):
+    x.grad = None
+    for p in head.parameters(): p.grad = None
+    with record_function('## forward'), ctx(): l = loss(head(x), y)
+    with record_function('## backward'): l.backward()
+
+REDUCTIONS = {'aten::sum', 'aten::amax', 'aten::amin', 'aten::any', 'aten::all', 'aten::mean', 'aten::max', 'aten::min'}
+
+def _cpu_only(ev):
+    "CPU helpers a GPU does not launch: a Python scalar made a 0-dim tensor of the right dtype, a reduction's initial fill"
+    up = ev.cpu_parent.name if ev.cpu_parent else ''
+    return (ev.name in ('aten::to', 'aten::_to_copy') and all(s == [] for s in ev.input_shapes[:1]) or
+            ev.name == 'aten::fill_' and up in REDUCTIONS)
+
+def _work(prof):
+    "The operators that do work, in order, with the phase they ran in: the innermost non-free `aten::` operators"
+    res = []
+    def walk(ev, phase):
+        if _cpu_only(ev): return
+        if ev.name.startswith('## '): phase = ev.name[3:]
+        i = len(res)
+        for k in ev.cpu_children: walk(k, phase)
+        if len(res) == i and ev.name.startswith('aten::') and ev.name[6:] not in FREE: res.append((ev.name, phase))
+    for ev in prof.events():
+        if ev.cpu_parent is None: walk(ev, None)
+    return res
+
+def count(head, loss, x, y, ctx=contextlib.nullcontext):
+    "Counts of one step (after a warm-up step): operators, in the forward, in the backward, host syncs; and their list"
+    step(head, loss, x, y, ctx)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: step(head, loss, x, y, ctx)
+    ops = _work(prof)
+    work = [(n, ph) for n,ph in ops if n != SYNC]
+    return dict(ops=len(work), fwd=sum(ph == 'forward' for _,ph in work), bwd=sum(ph == 'backward' for _,ph in work),
+                syncs=len(ops) - len(work)), ops
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--N', type=int, default=256); p.add_argument('--d', type=int, default=512); p.add_argument('--C', type=int, default=1000)
+    p.add_argument('--bf16', action='store_true', help='forward under bf16 autocast, as `to_autocast()`')
+    p.add_argument('--list', metavar='ROW', help='print the operators of this row, in order')
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    ctx = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
+    print(f"torch {torch.__version__}, CPU, N={a.N}, d={a.d}, C={a.C}, {'bf16 autocast' if a.bf16 else 'float32'}; "
+          "one step: head + loss forward, backward into the features and the centres")
+    print(f"{'row':<15} {'ops':>5} {'fwd':>5} {'bwd':>5} {'syncs':>6}")
+    res = {}
+    for nm,(mk,loss) in configs().items():
+        torch.manual_seed(0)
+        head = mk(a.d, a.C)
+        x,y = torch.randn(a.N, a.d, requires_grad=True),torch.randint(0, a.C, (a.N,))
+        c,leaves = count(head, loss, x, y, ctx)
+        res[nm] = c
+        print(f"{nm:<15} {c['ops']:>5} {c['fwd']:>5} {c['bwd']:>5} {c['syncs']:>6}", flush=True)
+        if nm == a.list:
+            for i,(n,ph) in enumerate(leaves): print(f"    {i:3d} {ph:<8} {n}" + "   (sync)"*(n == SYNC))
+    return res
+
+if __name__ == '__main__': main()
