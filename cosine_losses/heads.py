@@ -56,10 +56,12 @@ class ArcFaceHead(nn.Module):
         nf:int, # size of the incoming features
         n_out:int, # number of classes
         k:int=1, # sub-centres per class (sub-center ArcFace); 1 = plain ArcFace
+        norms:bool=False, # attach the feature norms ‖x‖ to the cosines as `.norms`, for losses that need them (AdaFace, MagFace)
     ):
         super().__init__()
         for name,v in dict(nf=nf, n_out=n_out, k=k).items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+        if not isinstance(norms, bool): raise TypeError(f"`norms` must be True or False, got {norms!r}")
         store_attr()
         self.weight = nn.Parameter(torch.empty(n_out*k, nf))
         nn.init.xavier_normal_(self.weight)
@@ -68,7 +70,10 @@ class ArcFaceHead(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.nf:
             raise ValueError(f"ArcFaceHead(nf={self.nf}) expects features of shape (N, {self.nf}), got {tuple(x.shape)}; set `nf` to the body's output size")
         w = self.weight
-        cos = _Cosines.apply(x, w, torch.float64 if w.dtype == torch.float64 else torch.float32)
-        return cos.view(len(x), self.n_out, self.k).amax(-1) if self.k > 1 else cos
+        out = torch.float64 if w.dtype == torch.float64 else torch.float32
+        cos = _Cosines.apply(x, w, out)
+        if self.k > 1: cos = cos.view(len(x), self.n_out, self.k).amax(-1)
+        if self.norms: cos.norms = x.to(out).norm(dim=1)  # with its gradient (MagFace's regulariser needs it)
+        return cos
 
-    def extra_repr(self): return f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1)
+    def extra_repr(self): return f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1) + ", norms=True"*self.norms

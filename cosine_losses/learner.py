@@ -10,6 +10,7 @@ from fastai.vision.all import *
 from fastai.vision.learner import _default_meta, _add_norm, _timm_norm
 from .losses import CombinedMarginLoss
 from .heads import ArcFaceHead
+from .family import dynamic_margins, train_labels
 
 # %% auto #0
 __all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'cosine_learner', 'softmax_learner']
@@ -51,8 +52,23 @@ def _n_in(dls, arch, kwargs):
     try: return dls.train_ds[0][0].shape[0]
     except Exception: return 1
 
-def _head_learner(dls, arch, head, loss_func, emb_size, normalize, n_out, pretrained, weights, opt_func, lr, splitter, cbs,
-                  metrics, path, model_dir, wd, wd_bn_bias, train_bn, moms, **kwargs):
+@delegates(create_vision_model, but=['n_out', 'custom_head', 'y_range', 'pretrained', 'weights'])
+def _head_learner(
+    dls:DataLoaders, # the data, as for `vision_learner`
+    arch=None, # `None` for the paper's CNN, a torchvision callable, or a timm name
+    head:callable=ArcFaceHead, # called as `head(emb_size, n_out)`
+    loss_func=None, # the loss
+    emb_size:int=128, # size of the embedding fed to the head
+    normalize:bool=True, # add the pretrained model's `Normalize` if the data lacks one
+    n_out:int=None, # number of classes; inferred from `dls` if `None`
+    pretrained:bool=True, # pretrained weights for `arch`, as in `vision_learner`
+    weights=None, # torchvision weights to load instead of the defaults
+    opt_func=Adam, lr=defaults.lr, splitter=None, cbs=None,
+    metrics=accuracy, # on the margin-free cosines for a cosine head
+    path=None, model_dir='models', wd=None, wd_bn_bias=False, train_bn=True, moms=(0.95, 0.85, 0.95),
+    **kwargs
+) -> Learner:
+    "A `Learner` for body `arch` → `emb_size` embedding → `head`, with `vision_learner`'s arguments"
     n_out = ifnone(n_out, get_c(dls))
     if not n_out: raise ValueError("`n_out` is not defined and could not be inferred from `dls`: pass `n_out` or set `dls.c`")
     n_in,meta = _n_in(dls, arch, kwargs),model_meta.get(arch, _default_meta)
@@ -68,41 +84,47 @@ def _head_learner(dls, arch, head, loss_func, emb_size, normalize, n_out, pretra
     store_attr('arch,normalize,n_out,pretrained,emb_size', self=learn)
     return learn
 
+def _dynamic(m, name, dls, n_out):
+    "`m`, or the dynamic per-class margins of the training labels of `dls` if `m` is 'dynamic'"
+    if not isinstance(m, str): return m
+    if m != 'dynamic': raise ValueError(f"`{name}` must be a margin, a tensor of per-class margins or 'dynamic', got {m!r}")
+    return dynamic_margins(train_labels(dls), ifnone(n_out, get_c(dls)))
+
 # %% ../nbs/02_learner.ipynb #b3b74dfc
-@delegates(create_vision_model, but=['n_out', 'custom_head', 'y_range', 'pretrained', 'weights'])
+@delegates(_head_learner, but=['head', 'loss_func'])
 def cosine_learner(
     dls:DataLoaders, # the data, as for `vision_learner`
     arch=None, # `None` for the paper's CNN, a torchvision callable, or a timm name
     m1:float=1., # SphereFace multiplicative angular margin (1 = off)
-    m2:float=0.5, # ArcFace additive angular margin in radians (0 = off)
-    m3:float=0., # CosFace additive cosine margin (0 = off)
+    m2:float|Tensor|str=0.5, # ArcFace additive angular margin in radians (0 = off), a tensor of one per class, or 'dynamic'
+    m3:float|Tensor|str=0., # CosFace additive cosine margin (0 = off), a tensor of one per class, or 'dynamic'
     s:float=30., # scale of the cosines (see `CombinedMarginLoss`)
     emb_size:int=128, # size of the embedding fed to the cosine head
     k:int=1, # sub-centres per class (sub-center ArcFace)
-    normalize:bool=True, # add the pretrained model's `Normalize` if the data lacks one
-    n_out:int=None, # number of classes; inferred from `dls` if `None`
-    pretrained:bool=True, # pretrained weights for `arch`, as in `vision_learner`
-    weights=None, # torchvision weights to load instead of the defaults
-    loss_func=None, # defaults to `CombinedMarginLoss(s, m1, m2, m3)`
-    opt_func=Adam, lr=defaults.lr, splitter=None, cbs=None,
-    metrics=accuracy, # on the margin-free cosines
-    path=None, model_dir='models', wd=None, wd_bn_bias=False, train_bn=True, moms=(0.95, 0.85, 0.95),
+    loss_func=None, # any loss on cosines (e.g. `AdaFaceLoss()`); defaults to `CombinedMarginLoss(s, m1, m2, m3)`
     **kwargs
 ) -> Learner:
-    "A fastai `Learner` for `arch` with an `ArcFaceHead` and a `CombinedMarginLoss`"
-    learn = _head_learner(dls, arch, partial(ArcFaceHead, k=k), ifnone(loss_func, CombinedMarginLoss(s, m1, m2, m3)), emb_size, normalize,
-                          n_out, pretrained, weights, opt_func, lr, splitter, cbs, metrics, path, model_dir, wd, wd_bn_bias, train_bn, moms, **kwargs)
+    "A fastai `Learner` for `arch` with an `ArcFaceHead` and a `CombinedMarginLoss` (or any loss on cosines)"
+    if loss_func is None:
+        n_out = kwargs.get('n_out')
+        m2,m3 = _dynamic(m2, 'm2', dls, n_out),_dynamic(m3, 'm3', dls, n_out)
+        loss_func = CombinedMarginLoss(s, m1, m2, m3)
+    head = partial(ArcFaceHead, k=k, norms=getattr(loss_func, 'needs_norms', False))
+    learn = _head_learner(dls, arch, head=head, loss_func=loss_func, emb_size=emb_size, **kwargs)
     store_attr('m1,m2,m3,s,k', self=learn)
     return learn
 
 # %% ../nbs/02_learner.ipynb #16e4a0c4
-@delegates(cosine_learner, but=['m1', 'm2', 'm3', 's', 'k'])
-def softmax_learner(dls:DataLoaders, arch=None, emb_size:int=128, normalize=True, n_out=None, pretrained=True, weights=None,
-                    loss_func=None, opt_func=Adam, lr=defaults.lr, splitter=None, cbs=None, metrics=accuracy, path=None,
-                    model_dir='models', wd=None, wd_bn_bias=False, train_bn=True, moms=(0.95, 0.85, 0.95), **kwargs) -> Learner:
+@delegates(_head_learner, but=['head', 'loss_func'])
+def softmax_learner(
+    dls:DataLoaders, # the data, as for `vision_learner`
+    arch=None, # `None` for the paper's CNN, a torchvision callable, or a timm name
+    emb_size:int=128, # size of the embedding fed to the `Linear` head
+    loss_func=None, # defaults to `CrossEntropyLossFlat()`
+    **kwargs
+) -> Learner:
     "fastai's softmax baseline on the body and embedding of `cosine_learner`: a `Linear` head and `CrossEntropyLossFlat`"
-    return _head_learner(dls, arch, nn.Linear, ifnone(loss_func, CrossEntropyLossFlat()), emb_size, normalize, n_out, pretrained,
-                         weights, opt_func, lr, splitter, cbs, metrics, path, model_dir, wd, wd_bn_bias, train_bn, moms, **kwargs)
+    return _head_learner(dls, arch, head=nn.Linear, loss_func=ifnone(loss_func, CrossEntropyLossFlat()), emb_size=emb_size, **kwargs)
 
 # %% ../nbs/02_learner.ipynb #a782eede
 @patch

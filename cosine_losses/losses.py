@@ -27,35 +27,52 @@ def _safe_acos(c:Tensor) -> Tensor:
 # %% ../nbs/00_losses.ipynb #727a6720
 def _is_real(v): return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
+def _check_margin_tensor(name, v):
+    "Raise a clear error unless `v` is a 1-d floating tensor of valid `name` margins (a host sync: check once, not every step)"
+    if v.ndim != 1 or not v.is_floating_point():
+        raise TypeError(f"`{name}` must be a real number or a 1-d floating-point tensor of margins, one per class; got a {v.dtype} tensor of shape {tuple(v.shape)}")
+    if not torch.isfinite(v).all(): raise ValueError(f"`{name}` must be finite, got {(~torch.isfinite(v)).sum().item()} non-finite values")
+    if name == 'm2' and len(v) and not ((v >= 0) & (v < math.pi)).all():
+        raise ValueError(f"`m2` (additive angular margin) must be in [0, π), got values from {v.min().item()} to {v.max().item()}")
+
 def check_margins(s=30., m1=1., m2=0., m3=0.):
-    "Raise a clear error unless (`s`, `m1`, `m2`, `m3`) is a valid margin"
+    "Raise a clear error unless (`s`, `m1`, `m2`, `m3`) is a valid margin; `m2` and `m3` may be 1-d tensors of margins"
     for name,v in dict(s=s, m1=m1, m2=m2, m3=m3).items():
+        if name in ('m2', 'm3') and isinstance(v, Tensor): _check_margin_tensor(name, v); continue
         if not _is_real(v): raise TypeError(f"`{name}` must be a real number, got {type(v).__name__}: {v!r}")
         if not math.isfinite(v): raise ValueError(f"`{name}` must be finite, got {v}")
     if s <= 0: raise ValueError(f"`s` (the scale) must be > 0, got {s}")
     if m1 <= 0: raise ValueError(f"`m1` (multiplicative margin) must be > 0, 1 means off; got {m1}")
-    if not 0 <= m2 < math.pi: raise ValueError(f"`m2` (additive angular margin) must be in [0, π), got {m2}")
+    if _is_real(m2) and not 0 <= m2 < math.pi: raise ValueError(f"`m2` (additive angular margin) must be in [0, π), got {m2}")
 
 # %% ../nbs/00_losses.ipynb #cf492c07
-def target_logit(
-    cos_y:Tensor, # cosines between each feature and its own class centre, shape (N,)
-    m1:float=1., # SphereFace multiplicative angular margin
-    m2:float=0., # ArcFace additive angular margin (radians)
-    m3:float=0., # CosFace additive cosine margin
-    easy_margin:bool=False, # ArcFace's easy margin: keep cos θ wherever cos θ <= 0
-) -> Tensor:
-    "ψ(θ) − m3, the margined target cosine of eq. (4) of ArcFace, non-increasing in θ"
-    check_margins(1., m1, m2, m3)
-    if m1 == 1 and m2 == 0: psi = cos_y
+def _psi(cos_y, m1, m2, m3, easy_margin):
+    "`target_logit` without the checks, for margins already checked or valid by construction"
+    per = isinstance(m2, Tensor)
+    if m1 == 1 and not per and m2 == 0: psi = cos_y
     else:
         theta = _safe_acos(cos_y)
         a = m1*theta + m2
-        if m1 == 1: psi = torch.where(theta <= math.pi - m2, torch.cos(a), cos_y - max(m2*math.sin(m2), 1-math.cos(m2)))
+        if m1 == 1:
+            drop = torch.maximum(m2*torch.sin(m2), 1 - torch.cos(m2)) if per else max(m2*math.sin(m2), 1-math.cos(m2))
+            psi = torch.where(theta <= math.pi - m2, torch.cos(a), cos_y - drop)
+            if per: psi = torch.where(m2 == 0, cos_y, psi)  # cos(acos c) has no slope at c = ±1; a zero margin keeps dψ/dc = 1
         else:
             k = torch.floor(a/math.pi)
             psi = (1 - 2*(k % 2))*torch.cos(a) - 2*k
     if easy_margin: psi = torch.where(cos_y > 0, psi, cos_y)
     return psi - m3
+
+def target_logit(
+    cos_y:Tensor, # cosines between each feature and its own class centre, shape (N,)
+    m1:float=1., # SphereFace multiplicative angular margin
+    m2:float|Tensor=0., # ArcFace additive angular margin (radians), or a 1-d tensor of them broadcasting with `cos_y`
+    m3:float|Tensor=0., # CosFace additive cosine margin, or a 1-d tensor of them broadcasting with `cos_y`
+    easy_margin:bool=False, # ArcFace's easy margin: keep cos θ wherever cos θ <= 0
+) -> Tensor:
+    "ψ(θ) − m3, the margined target cosine of eq. (4) of ArcFace, non-increasing in θ"
+    check_margins(1., m1, m2, m3)
+    return _psi(cos_y, m1, m2, m3, easy_margin)
 
 # %% ../nbs/00_losses.ipynb #2803dcca
 def _check_inputs(cos, targ):
@@ -72,12 +89,17 @@ def _check_inputs(cos, targ):
     if not torch.isfinite(cos.sum(dtype=torch.float32 if cos.dtype != torch.float64 else None)):  # one pass, no N×C mask
         raise ValueError(f"`cos` must be finite cosines; got {(~torch.isfinite(cos)).sum().item()} non-finite values of {cos.numel()}")
 
-def _prepare(cos, targ, s, m1, m2, m3):
+def _prepare(cos, targ):
     "Checked `cos` as a float32 (or float64) plain tensor and `targ` as int64"
-    check_margins(s, m1, m2, m3)
     _check_inputs(cos, targ)
     cos,targ = cos.as_subclass(Tensor),targ.as_subclass(Tensor).long()
     return cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos,targ
+
+def _per_sample(m, name, cos, targ):
+    "`m` as `target_logit` takes it: a float, or each sample's margin from a tensor of one margin per class"
+    if not isinstance(m, Tensor): return m
+    if len(m) != cos.shape[1]: raise ValueError(f"`{name}` holds {len(m)} per-class margins but `cos` has {cos.shape[1]} classes")
+    return m.to(cos.device, cos.dtype)[targ]
 
 # %% ../nbs/00_losses.ipynb #3cb16e0f
 def margin_logits(
@@ -85,26 +107,27 @@ def margin_logits(
     targ:Tensor, # (N,) integer class indices
     s:float=30., # scale: the radius of the feature hypersphere
     m1:float=1., # SphereFace multiplicative angular margin
-    m2:float=0.5, # ArcFace additive angular margin (radians)
-    m3:float=0., # CosFace additive cosine margin
+    m2:float|Tensor=0.5, # ArcFace additive angular margin (radians), or a tensor of C margins, one per class
+    m3:float|Tensor=0., # CosFace additive cosine margin, or a tensor of C margins, one per class
     easy_margin:bool=False, # ArcFace's easy margin: keep cos θ wherever cos θ <= 0
     detach_margin:bool=False, # same values, gradient of s·cos θ (InsightFace/OpenSphere trick)
 ) -> Tensor:
     "Float32 logits of eq. (4): s·(cos(m1·θ_y + m2) − m3) for each target, s·cos θ_j elsewhere"
-    cos,targ = _prepare(cos, targ, s, m1, m2, m3)
+    check_margins(s, m1, m2, m3)
+    cos,targ = _prepare(cos, targ)
     rows = torch.arange(len(targ), device=cos.device)
     cos_y = cos[rows, targ]
-    t = target_logit(cos_y, m1, m2, m3, easy_margin)
+    t = _psi(cos_y, m1, _per_sample(m2, 'm2', cos, targ), _per_sample(m3, 'm3', cos, targ), easy_margin)
     if detach_margin: t = cos_y + (t - cos_y).detach()
     logits = cos*s
     return logits.index_put_((rows, targ), t*s)
 
 # %% ../nbs/00_losses.ipynb #5157f511
 def _target_and_slope(cos_y, m1, m2, m3, easy_margin, detach_margin, slope):
-    "`target_logit` of `cos_y` as `margin_logits` takes it, and (if `slope`) its derivative dψ/dcos, by autograd on these N values"
+    "`target_logit` of `cos_y` (margins: floats or one per sample) as `margin_logits` takes it, and (if `slope`) dψ/dcos, by autograd on these N values"
     with torch.enable_grad() if slope else torch.no_grad():
         c = cos_y.detach().requires_grad_(slope)
-        t = target_logit(c, m1, m2, m3, easy_margin)
+        t = _psi(c, m1, m2, m3, easy_margin)
         if detach_margin: t = c + (t - c).detach()
         return t.detach(),(torch.autograd.grad(t.sum(), c)[0] if slope else None)  # ψ acts elementwise: d(Σψ)/dc is dψ/dc
 
@@ -138,29 +161,42 @@ class CombinedMarginLoss(nn.Module):
     def __init__(self,
         s:float=30., # scale: the radius of the feature hypersphere
         m1:float=1., # SphereFace multiplicative angular margin (1 = off)
-        m2:float=0.5, # ArcFace additive angular margin in radians (0 = off)
-        m3:float=0., # CosFace additive cosine margin (0 = off)
+        m2:float|Tensor=0.5, # ArcFace additive angular margin in radians (0 = off), or a tensor of C margins, one per class
+        m3:float|Tensor=0., # CosFace additive cosine margin (0 = off), or a tensor of C margins, one per class
         easy_margin:bool=False, # ArcFace's easy margin: keep cos θ wherever cos θ <= 0
         detach_margin:bool=False, # same values, gradient of s·cos θ (InsightFace/OpenSphere trick)
         reduction:str='mean', # 'mean', 'sum' or 'none'
     ):
         super().__init__()
-        check_margins(s, m1, m2, m3)
         store_attr()
 
     def __setattr__(self, name, value):
+        "Check every margin and `reduction` when set (at construction, by `MarginScheduler`, by hand), not at every step"
         if name == 'reduction' and value not in ('mean', 'sum', 'none'):
             raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {value!r}")
+        if name in ('s', 'm1', 'm2', 'm3'):
+            check_margins(**{name: value})
+            if isinstance(value, Tensor): value = value.detach().clone()
         super().__setattr__(name, value)
 
+    def _margin(self, name, cos, targ):
+        "Margin `name` for each sample; per-class margins move to `cos`'s device and dtype once, not every step"
+        m = getattr(self, name)
+        if isinstance(m, Tensor) and (m.device, m.dtype) != (cos.device, cos.dtype):
+            m = m.to(cos.device, cos.dtype)
+            super().__setattr__(name, m)
+        return _per_sample(m, name, cos, targ)
+
     def forward(self, cos:Tensor, targ:Tensor) -> Tensor:
-        cos,targ = _prepare(cos, targ, self.s, self.m1, self.m2, self.m3)
-        loss = _MarginCE.apply(cos, targ, self.s, self.m1, self.m2, self.m3, self.easy_margin, self.detach_margin)
+        cos,targ = _prepare(cos, targ)
+        loss = _MarginCE.apply(cos, targ, self.s, self.m1, self._margin('m2', cos, targ), self._margin('m3', cos, targ), self.easy_margin, self.detach_margin)
         return loss.mean() if self.reduction == 'mean' else loss.sum() if self.reduction == 'sum' else loss
 
     def activation(self, cos:Tensor) -> Tensor: return F.softmax(self.s*cos.float(), dim=-1)
     def decodes(self, cos:Tensor) -> Tensor: return cos.argmax(dim=-1)
-    def extra_repr(self): return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}" + ", easy_margin=True"*self.easy_margin + ", detach_margin=True"*self.detach_margin
+    def extra_repr(self):
+        fmt = lambda m: f"tensor of {len(m)} in [{m.min().item():.3g}, {m.max().item():.3g}]" if isinstance(m, Tensor) else m
+        return f"s={self.s}, m1={self.m1}, m2={fmt(self.m2)}, m3={fmt(self.m3)}" + ", easy_margin=True"*self.easy_margin + ", detach_margin=True"*self.detach_margin
 
 # %% ../nbs/00_losses.ipynb #cb0373f6
 @delegates(CombinedMarginLoss, but=['m1', 'm2', 'm3'])
