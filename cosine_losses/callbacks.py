@@ -50,7 +50,8 @@ class AngleStats(Callback):
     "Show the mean target angle θ_y and nearest non-target angle (degrees) in fastai's progress table"
     order = Recorder.order - 1  # the metrics must exist when `Recorder` names its columns
     def before_fit(self):
-        if not isinstance(self.model[-1], ArcFaceHead): raise TypeError("AngleStats needs a model ending in an `ArcFaceHead`, whose outputs are cosines")
+        head = getattr(self.model, 'module', self.model)[-1]  # `module`: the model under DDP
+        if not isinstance(head, ArcFaceHead): raise TypeError("AngleStats needs a model ending in an `ArcFaceHead`, whose outputs are cosines")
         self._mets = [AvgMetric(theta_target), AvgMetric(theta_nearest)]
         self.learn.metrics = self.learn.metrics + self._mets
     def after_fit(self): self.learn.metrics = [m for m in self.learn.metrics if m not in self._mets]

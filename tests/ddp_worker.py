@@ -1,0 +1,87 @@
+"""Two-process checks run by test_distributed.py: `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 ddp_worker.py OUT MNIST`.
+Each rank saves what it saw and computed to OUT/rank{r}.pt; the test compares them with one process."""
+import sys, warnings
+from pathlib import Path
+import torch, torch.distributed as dist
+from fastai.vision.all import *
+from fastai.distributed import DistributedDL
+from cosine_losses.data import mnist_dls
+from cosine_losses.learner import cosine_learner
+from cosine_losses.callbacks import AngleStats, MarginScheduler
+from cosine_losses.distributed import *
+
+warnings.simplefilter('ignore')
+torch.set_num_threads(1)
+out,mnist = Path(sys.argv[1]),sys.argv[2]
+res = {}
+
+SEEN = []  # (shuffled, indices) of every epoch of a `DistributedDL` on this rank
+_get_idxs = DistributedDL.get_idxs
+def _record(self):
+    idxs = _get_idxs(self)
+    SEEN.append((self.dl.shuffle, idxs))
+    return idxs
+DistributedDL.get_idxs = _record
+
+def flat(model, skip=None): return torch.cat([p.detach().flatten() for p in model.parameters() if p is not skip])
+
+def margins():
+    "`sharded_margin_loss` on fixed data: this rank's rows (uneven) and block of C=11 centres, per margin"
+    r,w = dist.get_rank(),dist.get_world_size()
+    g = torch.Generator().manual_seed(1)
+    X,Wc = torch.randn(9, 6, generator=g),torch.randn(11, 6, generator=g)
+    Y = torch.tensor([0, 3, 3, 10, 5, 2, 7, 10, 4])  # classes 1, 6, 8 and 9 in no batch
+    rows,blk = [slice(0, 5), slice(5, 9)][r],slice(r*11//w, (r+1)*11//w)
+    for name,m in dict(arcface=dict(m2=.5), cosface=dict(m2=0., m3=.35), sphereface=dict(m1=1.35, m2=0.),
+                       combined=dict(m1=1.2, m2=.3, m3=.2), easy=dict(m2=.5, easy_margin=True)).items():
+        x,wb = X[rows].clone().requires_grad_(),Wc[blk].clone().requires_grad_()
+        loss = sharded_margin_loss(x, Y[rows], wb, s=16., **m)
+        loss.backward()
+        res[f'margin_{name}'] = (loss.item(), x.grad, wb.grad)
+    # an empty rank and a uneven split
+    x,wb = X[:0 if r else 9].clone().requires_grad_(),Wc[blk].clone().requires_grad_()
+    loss = sharded_margin_loss(x, Y[:0 if r else 9], wb, s=16., m2=.5)
+    loss.backward()
+    res['margin_empty_rank'] = (loss.item(), x.grad, wb.grad)
+    # sampling: 40 classes, 20 a rank; 3 positives; keep 30 % of each block
+    g = torch.Generator().manual_seed(2)
+    X,Wc,Y = torch.randn(8, 6, generator=g),torch.randn(40, 6, generator=g),torch.tensor([1, 1, 17, 25, 25, 25, 1, 17])
+    rows,blk = slice(4*r, 4*r+4),slice(20*r, 20*r+20)
+    for i in range(2):
+        x,wb = X[rows].clone().requires_grad_(),Wc[blk].clone().requires_grad_()
+        loss = sharded_margin_loss(x, Y[rows], wb, s=16., m2=.5, sample_rate=.3, generator=torch.Generator().manual_seed(5+r))
+        loss.backward()
+        res[f'sampled{i}'] = (loss.item(), x.grad, wb.grad)
+    try: sharded_margin_loss(X[rows], Y[rows]+20, Wc[blk], s=16.)
+    except ValueError as e: res['bad_targ'] = str(e)
+
+def fit_plain():
+    "`cosine_learner` with our callbacks under `distrib_ctx`"
+    dls = mnist_dls(mnist, bs=64, n_train=512, n_valid=301)  # 301: the ranks' shards of the validation set are padded
+    set_seed(0)
+    learn = cosine_learner(dls, m2=.3, lr=3e-2, cbs=[AngleStats(), MarginScheduler({'m2': SchedLin(0, .3)})])
+    with learn.distrib_ctx(): learn.fit_one_cycle(1, 3e-2)
+    res['plain'] = dict(seen=SEEN[:], weights=flat(learn.model), state=learn.model.state_dict(), values=learn.recorder.values[-1],
+                        names=learn.recorder.metric_names, m2=learn.recorder.hps['m2'])
+    SEEN.clear()
+
+def fit_sharded():
+    "`sharded_learner` under `distrib_ctx`: fit, validate, predictions gathered, export"
+    dls = mnist_dls(mnist, bs=64, n_train=512, n_valid=301)
+    set_seed(0)
+    learn = sharded_learner(dls, m2=.3, lr=3e-2, n_out=11)  # 11 classes (one never seen): blocks of 5 and 6
+    with learn.distrib_ctx():
+        learn.fit_one_cycle(1, 3e-2)
+        values = list(learn.recorder.values[-1])
+        preds,targs = learn.get_preds()
+    head = learn.model[-1]
+    learn.export(out/'sharded.pkl')
+    res['sharded'] = dict(weights=flat(learn.model, head.weight), block=head.weight.detach().clone(), start=head.start,
+                          values=values, preds=preds, targs=targs)
+
+if __name__ == '__main__':
+    dist.init_process_group('gloo')
+    margins()
+    fit_plain()
+    fit_sharded()
+    torch.save(res, out/f'rank{dist.get_rank()}.pt')
