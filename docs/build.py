@@ -120,11 +120,16 @@ def _linkify(src, lookup, base, anchors):
         return f"]({page}.ipynb{'#'+github_slugify(a) if a else ''})"
     return re.sub(r'\]\(' + re.escape(base) + r'([\w/-]+)\.html(?:#([^)\s]*))?\)', sub, lookup.linkify(src))
 
+_marker = '.docs-stage'  # a folder `stage` may empty
+
 def stage(dest) -> dict:
     "Write the processed notebooks to `dest` as myst-nb sources; return {page name: notebook}"
     dest = Path(dest)
-    if dest.exists(): shutil.rmtree(dest)
+    if dest.exists():
+        if any(dest.iterdir()) and not (dest/_marker).exists() and dest.name != '_proc': raise FileExistsError(f'{dest} is not a docs stage')
+        shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    (dest/_marker).touch()
     cfg, ps = get_config(), pages()
     names = {p.resolve(): n for n,p in ps.items()}
     staged = {n: _cells(p) for n,p in ps.items()}
@@ -142,19 +147,21 @@ def stage(dest) -> dict:
     return ps
 
 def md_twins(stage_dir, out, names):
-    "Write `X.html.md` beside each page `X.html`, rendered by the README's nbconvert exporter"
+    "Write `X.html.md` (and its figures in `X_files/`) beside each page `X.html`, rendered by the README's nbconvert exporter"
     from nbconvert import MarkdownExporter
     from traitlets.config.loader import PyFileConfigLoader
     exp = MarkdownExporter(config=PyFileConfigLoader('readme.py', path=str(docs)).load_config())
-    exp.exclude_output_prompt = True
     for n in names:
-        md,_ = exp.from_filename(str(Path(stage_dir)/f'{n}.ipynb'))
-        md = re.sub(r'\]\(([\w/-]+)\.ipynb(#[^)\s]*)?\)', r'](\1.html\2)', md)
-        (Path(out)/f'{n}.html.md').write_text(md)
+        md,res = exp.from_filename(str(Path(stage_dir)/f'{n}.ipynb'), resources=dict(output_files_dir=f'{n}_files', unique_key=n))
+        for f,data in res.get('outputs', {}).items():
+            (Path(out)/f).parent.mkdir(parents=True, exist_ok=True)
+            (Path(out)/f).write_bytes(data)
+        (Path(out)/f'{n}.html.md').write_text(re.sub(r'\]\(([\w/-]+)\.ipynb(#[^)\s]*)?\)', r'](\1.html\2)', md))
 
 def build(out=root/'_docs', stage_dir=root/'_proc', quiet=True) -> Path:
     "Build the site into `out`, staging the notebooks in `stage_dir`"
     from sphinx.cmd.build import build_main
+    if (Path(out)/'.buildinfo').exists(): shutil.rmtree(out)  # a previous site: no page of a deleted notebook left behind
     names = stage(stage_dir)
     args = ['-b', 'html', '-c', str(docs), '-W', '--keep-going', '-E'] + (['-q'] if quiet else []) + [str(stage_dir), str(out)]
     if build_main(args): raise RuntimeError(f'sphinx-build failed: {" ".join(args)}')

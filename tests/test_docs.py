@@ -49,7 +49,7 @@ class Chromium:
     def __init__(self, exe, profile):
         import websocket
         self.proc = subprocess.Popen([exe, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--hide-scrollbars',
-                                      '--remote-debugging-port=0', f'--user-data-dir={profile}', '--window-size=1280,1400', 'about:blank'],
+                                      '--remote-debugging-port=0', f'--user-data-dir={profile}', '--window-size=1440,1400', 'about:blank'],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file, t0 = Path(profile)/'DevToolsActivePort', time.time()
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -127,6 +127,8 @@ def test_home_page(browser, site):
     assert [h.split('#')[0] for h in nav] == [f'{n}.html' for n in list(docs_build.pages())[1:]], "the sidebar lists every page in order"
     m = browser.js(_maths)
     assert m['n'] > 0 and m['typeset'] == m['n'] and not m['errors'] and not m['raw'], m
+    # the comparison's figure, a file of results/ that the page links to
+    assert browser.js("[...document.querySelectorAll('article img')].filter(i => i.complete && i.naturalWidth > 0).length") >= 1
     browser.screenshot(shots/'index.png')
 
 def test_api_page(browser):
@@ -143,9 +145,8 @@ def test_api_page(browser):
     # the loss formula, eq. (4), rendered as maths
     m = browser.js(_maths)
     assert m['n'] > 5 and m['typeset'] == m['n'] and not m['errors'] and not m['raw'], m
-    assert browser.js("[...document.querySelectorAll('article .math')].some(e => e.classList.contains('display') || e.closest('.math-wrapper, div.math'))")
-    # the saved plot, loaded
-    assert browser.js("[...document.querySelectorAll('article img')].filter(i => i.complete && i.naturalWidth > 0).length") >= 1
+    assert browser.js("document.querySelector('article div.math mjx-container[display=\"true\"] mjx-mfrac') !== null"), 'the displayed loss, a fraction'
+
     # cross-links: a backticked name in the prose links to its show_doc heading
     assert browser.js("[...document.querySelectorAll('article a')].some(a => a.getAttribute('href') === '#combinedmarginloss')")
     browser.js("document.getElementById('combinedmarginloss').scrollIntoView({behavior: 'instant'})")
@@ -153,7 +154,7 @@ def test_api_page(browser):
 
 def test_no_broken_link_or_image(browser, site):
     "Every page reachable from the home page, every internal link and anchor on them resolves, every image loads"
-    todo, seen, ids, links = [browser.base + 'index.html'], set(), {}, []
+    todo, seen, ids, links, plots = [browser.base + 'index.html'], set(), {}, [], 0
     while todo:
         url = todo.pop()
         if url in seen: continue
@@ -162,6 +163,7 @@ def test_no_broken_link_or_image(browser, site):
         ids[url] = set(browser.js("[...document.querySelectorAll('[id]')].map(e => e.id)"))
         broken = browser.js("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
         assert not broken, f'{url}: images that do not load: {broken}'
+        plots += browser.js("[...document.querySelectorAll('.cell_output img')].filter(i => i.naturalWidth > 0).length")
         assert not browser.js("performance.getEntriesByType('resource').map(r => r.name).filter(n => !n.startsWith(location.origin))"), \
             f'{url} loads something from outside the site'
         for href in browser.js("[...document.querySelectorAll('a[href]')].map(a => a.href)"):
@@ -169,7 +171,8 @@ def test_no_broken_link_or_image(browser, site):
             links.append((url, href))
             page,_ = urldefrag(href)
             if page.endswith('.html') and page not in seen: todo.append(page)
-    assert len(seen) >= len(docs_build.pages())
+    assert {browser.base+f'{n}.html' for n in docs_build.pages()} <= seen, 'every page is reachable from the home page'
+    assert plots > 0, "the notebooks' saved plots are on their pages"
     for src,href in links:
         page,frag = urldefrag(href)
         path = site/urlparse(page).path.lstrip('/')
