@@ -118,7 +118,7 @@ def _linkify(src, lookup, base, anchors):
         # nbdev's anchors keep dots (`class.method`); a method without a show_doc of its own links to its class
         while a and github_slugify(a) not in anchors[page]: a = a.rpartition('.')[0]
         return f"]({page}.ipynb{'#'+github_slugify(a) if a else ''})"
-    return re.sub(r'\]\(' + re.escape(base) + r'([\w/-]+)\.html(?:#([^)\s]*))?\)', sub, lookup.linkify(src))
+    return re.sub(r'\]\(' + re.escape(base) + r'([\w/-]+)\.html(?:#([^)\s]*))?\)', sub, lookup.linkify(src) or src)
 
 _marker = '.docs-stage'  # a folder `stage` may empty
 

@@ -1,5 +1,5 @@
 "The documentation site: built from the notebooks, then read in headless Chromium as a person would read it."
-import ast, base64, importlib.util, json, os, shutil, subprocess, threading, time, tomllib, urllib.request
+import ast, base64, importlib.util, json, os, shutil, subprocess, sys, threading, time, tomllib, urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,8 +14,11 @@ _spec.loader.exec_module(docs_build)
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
+    "The site, built by the README's command (in its own process: the build runs `show_doc` cells in an IPython shell)"
     d = tmp_path_factory.mktemp('docs')
-    return docs_build.build(d/'site', d/'stage')
+    r = subprocess.run([sys.executable, 'docs/build.py', '--out', d/'site', '--stage-dir', d/'stage'], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return d/'site'
 
 def test_every_notebook_has_a_page(site):
     nbs = sorted((root/'nbs').glob('[!_.]*.ipynb'))
