@@ -1,0 +1,65 @@
+"Sweeps on a real PostgreSQL server: two workers, one killed mid-run and restarted, every run finished exactly once."
+import glob, os, shutil, signal, subprocess, sys, tempfile, time
+from collections import Counter
+from pathlib import Path
+import optuna, pytest
+from optuna.trial import TrialState
+from cosine_losses.sweep import open_study, job_params, _key
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweep_worker import GRID
+
+WORKER = str(Path(__file__).parent/'sweep_worker.py')
+JOBS = lambda seeds: Counter(_key(job_params(c, s)) for c in GRID for s in range(seeds))
+
+@pytest.fixture(scope='module')
+def pg_url():
+    "A throwaway PostgreSQL server on a Unix socket only (Debian's `postgresql`), stopped and deleted at the end"
+    bins = sorted(glob.glob('/usr/lib/postgresql/*/bin/initdb')) or [shutil.which('initdb')]
+    if not bins[-1]:
+        if os.environ.get('CI'): pytest.fail("PostgreSQL's initdb is required under CI: `apt-get install -y postgresql`")
+        pytest.skip("PostgreSQL is not installed (`apt-get install -y postgresql`)")
+    bindir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix='pg'))  # short: a socket path has at most 107 bytes
+    data,sock = root/'data',root
+    as_pg = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the `postgres` user, in a folder it owns
+        shutil.chown(root, 'postgres', 'postgres')
+        as_pg = ['runuser', '-u', 'postgres', '--']
+    run = lambda *a: subprocess.run(as_pg + [str(bindir/a[0]), *a[1:]], check=True, capture_output=True, text=True)
+    run('initdb', '-D', str(data), '-A', 'trust', '-U', 'postgres')
+    run('pg_ctl', '-D', str(data), '-l', str(root/'log'), '-w', '-o', f"-c listen_addresses='' -k {sock} -c fsync=off", 'start')
+    try: yield f'postgresql+psycopg://postgres@/postgres?host={sock}'
+    finally:
+        run('pg_ctl', '-D', str(data), '-m', 'immediate', 'stop')
+        shutil.rmtree(root, ignore_errors=True)
+
+def _start(url, seeds, secs):
+    return subprocess.Popen([sys.executable, WORKER, url, str(seeds), str(secs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+
+def _done(url):
+    st = open_study(url, 't')
+    return Counter(_key(t.params) for t in st.get_trials(states=(TrialState.COMPLETE,))),st
+
+def test_two_workers_one_killed_every_run_once(pg_url):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    open_study(pg_url, 't')  # the schema and study exist before the workers race for runs
+    ws = [_start(pg_url, 2, .25) for _ in range(2)]
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill worker 0 while both run a trial, after some run finished
+        time.sleep(.2)
+        for w in ws: assert w.poll() is None, w.stderr.read().decode()[-2000:]
+        done,st = _done(pg_url)
+        if sum(done.values()) >= 1 and sum(t.state == TrialState.RUNNING for t in st.trials) == 2: break
+    else: pytest.fail('the two workers never ran two trials at once')
+    ws[0].send_signal(signal.SIGKILL); ws[0].wait()
+    ws[0] = _start(pg_url, 2, 0)  # restarted: it picks up the killed run once its heartbeat is stale
+    for w in ws: assert w.wait(timeout=180) == 0, w.stderr.read().decode()[-2000:]
+    done,st = _done(pg_url)
+    assert done == JOBS(2)  # every (configuration, seed) finished exactly once
+    assert any(t.state == TrialState.FAIL for t in st.trials)  # the killed worker's run, failed by its missing heartbeat
+    assert len({t.user_attrs['pid'] for t in st.get_trials(states=(TrialState.COMPLETE,))}) >= 2
+    import psycopg  # the study lives in the server: read it back with the driver alone
+    with psycopg.connect(host=pg_url.split('host=')[1], user='postgres', dbname='postgres') as con:
+        assert con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 6
