@@ -120,16 +120,10 @@ def _linkify(src, lookup, base, anchors):
         return f"]({page}.ipynb{'#'+github_slugify(a) if a else ''})"
     return re.sub(r'\]\(' + re.escape(base) + r'([\w/-]+)\.html(?:#([^)\s]*))?\)', sub, lookup.linkify(src) or src)
 
-_marker = '.docs-stage'  # a folder `stage` may empty
-
 def stage(dest) -> dict:
-    "Write the processed notebooks to `dest` as myst-nb sources; return {page name: notebook}"
+    "Write the processed notebooks to the new folder `dest` as myst-nb sources; return {page name: notebook}"
     dest = Path(dest)
-    if dest.exists():
-        if any(dest.iterdir()) and not (dest/_marker).exists() and dest.name != '_proc': raise FileExistsError(f'{dest} is not a docs stage')
-        shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    (dest/_marker).touch()
     cfg, ps = get_config(), pages()
     names = {p.resolve(): n for n,p in ps.items()}
     staged = {n: _cells(p) for n,p in ps.items()}
@@ -158,19 +152,28 @@ def md_twins(stage_dir, out, names):
             (Path(out)/f).write_bytes(data)
         (Path(out)/f'{n}.html.md').write_text(re.sub(r'\]\(([\w/-]+)\.ipynb(#[^)\s]*)?\)', r'](\1.html\2)', md))
 
-def build(out=root/'_docs', stage_dir=root/'_proc', quiet=True) -> Path:
-    "Build the site into `out`, staging the notebooks in `stage_dir`"
+_marker = '.docs-work'  # a folder `build` may empty
+
+def build(out=root/'_docs', work=root/'_proc', quiet=True) -> Path:
+    "Build the site into `out`; the processed notebooks and Sphinx's own files go to `work`"
     from sphinx.cmd.build import build_main
-    if (Path(out)/'.buildinfo').exists(): shutil.rmtree(out)  # a previous site: no page of a deleted notebook left behind
-    names = stage(stage_dir)
-    args = ['-b', 'html', '-c', str(docs), '-W', '--keep-going', '-E'] + (['-q'] if quiet else []) + [str(stage_dir), str(out)]
-    if build_main(args): raise RuntimeError(f'sphinx-build failed: {" ".join(args)}')
-    md_twins(stage_dir, out, names)
-    return Path(out)
+    out, work = Path(out), Path(work)
+    for d,keep in ((out, '.buildinfo'), (work, _marker)):  # only empty what an earlier build wrote
+        if d.exists() and any(d.iterdir()) and not (d/keep).exists(): raise FileExistsError(f'{d} is not from a docs build')
+    if work.exists(): shutil.rmtree(work)
+    names = stage(work/'src')
+    (work/_marker).touch()
+    # myst-nb writes its figures beside Sphinx's output folder, hence the site is built in `work` and moved
+    args = ['-b', 'html', '-c', str(docs), '-d', str(work/'doctrees'), '-W', '--keep-going', '-E'] + (['-q'] if quiet else [])
+    if build_main(args + [str(work/'src'), str(work/'html')]): raise RuntimeError(f'sphinx-build failed: {" ".join(args)}')
+    md_twins(work/'src', work/'html', names)
+    if out.exists(): shutil.rmtree(out)  # no page of a deleted notebook left behind
+    shutil.move(work/'html', out)
+    return out
 
 @call_parse
 def main(out:str=str(root/'_docs'), # folder the site is written to
-         stage_dir:str=str(root/'_proc'), # folder for the processed notebooks
+         work:str=str(root/'_proc'), # folder for the processed notebooks and Sphinx's own files
          verbose:bool=False): # Sphinx's progress output
     "Build the documentation site"
-    print(f'site in {build(Path(out), Path(stage_dir), quiet=not verbose)/"index.html"}')
+    print(f'site in {build(out, work, quiet=not verbose)/"index.html"}')

@@ -16,7 +16,7 @@ _spec.loader.exec_module(docs_build)
 def site(tmp_path_factory):
     "The site, built by the README's command (in its own process: the build runs `show_doc` cells in an IPython shell)"
     d = tmp_path_factory.mktemp('docs')
-    r = subprocess.run([sys.executable, 'docs/build.py', '--out', d/'site', '--stage-dir', d/'stage'], cwd=root, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, 'docs/build.py', '--out', d/'site', '--work', d/'work'], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     return d/'site'
 
