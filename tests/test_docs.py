@@ -4,7 +4,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urldefrag, urlparse
-import pytest
+import nbformat, pytest
 
 root = Path(__file__).resolve().parents[1]
 shots = root/'_screenshots'  # build artefacts for a person to look at, ignored by git
@@ -44,6 +44,30 @@ def test_docs_links_name_built_pages(site):
         assert u.startswith(base), u
         rel = urlparse(u).path.removeprefix(urlparse(base).path) or 'index.html'
         assert (site/(rel + ('index.html' if rel.endswith('/') else ''))).is_file(), f'{u} is not a page of the site'
+
+_directives_script = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location('b', sys.argv[1]); b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)
+nb, cells = b._cells(b.Path(sys.argv[2]))
+print(json.dumps([dict(type=c.cell_type, src=c.source, tags=c.metadata.get('tags', [])) for c in cells]))
+"""
+
+def test_pages_apply_nbdev_directives(tmp_path):
+    "A page is its notebook as nbdev's docs show it: the directives' effects, `show_doc` (with docments) before exported code"
+    from nbformat.v4 import new_notebook, new_code_cell, new_markdown_cell
+    nb = new_notebook(cells=[new_markdown_cell('# T\n\n> what it is'), new_code_cell('#| default_exp t'), new_code_cell('#| hide\nsecret = 1'),
+        new_code_cell('#| export\ndef f(x:int=1, # the x\n     ):\n    "Twice `x`"\n    return 2*x'),
+        new_code_cell('#| echo: false\nf(1)'), new_code_cell('#| output: false\nf(2)'), new_code_cell('#| include: false\nf(3)'),
+        new_code_cell('#| eval: false\nf(4)'), new_code_cell('#| code-fold: true\nf(5)')])
+    (tmp_path/'t.ipynb').write_text(nbformat.writes(nb))
+    r = subprocess.run([sys.executable, '-c', _directives_script, root/'docs'/'build.py', tmp_path/'t.ipynb'], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cells = json.loads(r.stdout.splitlines()[-1])
+    assert [c['type'] for c in cells] == ['markdown', 'markdown'] + ['code']*6, cells
+    doc, code = cells[1]['src'], cells[2]['src']
+    assert doc.startswith('### f') and 'x:int=1, # the x' in doc and '*Twice `x`*' in doc and code.startswith('def f(')
+    assert [c['src'] for c in cells[3:]] == [f'f({i})' for i in range(1, 6)], 'the directive lines are gone, `#| hide` cells too'
+    assert [c['tags'] for c in cells[3:]] == [['remove-input'], ['remove-output'], ['remove-cell'], [], ['hide-input']]
 
 # --- the browser -----------------------------------------------------------------------------------------------
 
