@@ -8,15 +8,14 @@ Docs: https://cosine-losses.github.io/cosine_losses/compare.html.md"""
 from __future__ import annotations
 import contextlib, random, time
 from fastai.vision.all import *
-from typing import Annotated
-from fastcore.script import call_parse
 from .losses import check_margins
 from .learner import cosine_learner, softmax_learner
 from .data import mnist_dls
+from .openset import OpenSetDataLoaders, OpenSetMetrics, OPEN_SET_KEYS, tar_at_far, plot_roc
 
 # %% auto #0
-__all__ = ['PRESETS', 'parse_loss', 'EpochTimer', 'make_learner', 'train_one', 'summarize', 'format_summary', 'plot_compare',
-           'compare', 'cosine_compare']
+__all__ = ['PRESETS', 'FAR_GRID', 'parse_loss', 'EpochTimer', 'make_learner', 'train_one', 'summarize', 'format_summary',
+           'plot_compare', 'roc_rows', 'plot_roc_compare', 'compare']
 
 # %% ../nbs/05_compare.ipynb #181dc261
 PRESETS = {'softmax': None, 'arcface': dict(m2=.5), 'cosface': dict(m2=0., m3=.35), 'sphereface': dict(m1=1.35, m2=0.),
@@ -49,49 +48,73 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, **kwargs)
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=False, **cfg, **kwargs)
 
 def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False, **kwargs) -> pd.DataFrame:
-    "Train `loss` with `fit_one_cycle` from `seed`; a row per epoch with losses, test accuracy and seconds"
+    "Train `loss` with `fit_one_cycle` from `seed`; a row per epoch with losses, metrics (open-set ones for `open_set_dls`) and seconds"
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)  # fastai's loaders shuffle with their own generator
     learn,timer = make_learner(dls, loss, **kwargs),EpochTimer()
+    open_set = [OpenSetMetrics(metrics='all')] if isinstance(dls, OpenSetDataLoaders) else []
     with contextlib.ExitStack() as quieted:
         if quiet: quieted.enter_context(learn.no_bar()); quieted.enter_context(learn.no_logging())
-        learn.fit_one_cycle(epochs, lr, cbs=[timer, *L(cbs)])
-    vals = np.array(learn.recorder.values, dtype=float)
-    return pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1), train_loss=vals[:,0],
-                             valid_loss=vals[:,1], accuracy=vals[:,2], seconds=timer.times))
+        learn.fit_one_cycle(epochs, lr, cbs=[timer, *open_set, *L(cbs)])
+    vals = pd.DataFrame(np.array(learn.recorder.values, dtype=float), columns=learn.recorder.metric_names[1:-1])
+    rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(seconds=timer.times)
+    if open_set: rows.attrs['roc'] = open_set[0].roc
+    return rows
 
 # %% ../nbs/05_compare.ipynb #f6586a1d
 _KEY = ['loss', 'seed', 'epochs', 'lr', 'bs']
+FAR_GRID = np.logspace(-5, 0, 26)  # false-accept rates at which `roc.csv` keeps each run's curve
+
+def _score_cols(res): return [c for c in ('accuracy', *OPEN_SET_KEYS) if c in res]
 
 def summarize(res:pd.DataFrame) -> pd.DataFrame:
-    "Test accuracy (%) at the last epoch, mean ± std over seeds, and mean seconds per epoch, per loss"
+    "Accuracy and the open-set scores (%) at the last epoch, mean and std over seeds, and mean seconds per epoch, per loss"
     last = res[res.epoch == res.epochs]
     g = last.groupby('loss', sort=False)
-    return pd.DataFrame(dict(accuracy=g.accuracy.mean()*100, std=g.accuracy.std(ddof=1).fillna(0)*100, n=g.seed.nunique(),
+    summ = pd.DataFrame(dict(accuracy=g.accuracy.mean()*100, std=g.accuracy.std(ddof=1).fillna(0)*100, n=g.seed.nunique(),
                              sec_per_epoch=res.groupby('loss', sort=False).seconds.mean()))
+    for c in _score_cols(res)[1:]: summ[c],summ[f'{c}_std'] = g[c].mean()*100,g[c].std(ddof=1).fillna(0)*100
+    return summ
 
+_SHOWN = dict(map_at_r='MAP@R', precision_at_1='P@1', r_precision='R-precision', **{'tar_at_far_1e-3': 'TAR@FAR=1e-3'}, roc_auc='ROC AUC')
 def format_summary(summ:pd.DataFrame) -> str:
-    "The summary as a markdown table"
-    lines = ['| loss | test accuracy % (mean ± std) | seeds | s / epoch |', '|---|---|---|---|']
-    lines += [f'| {l} | {r.accuracy:.2f} ± {r["std"]:.2f} | {int(r.n)} | {r.sec_per_epoch:.1f} |' for l,r in summ.iterrows()]
+    "The summary as a markdown table (open-set columns when present; n/a where a FAR is not resolved)"
+    pm = lambda m,s: 'n/a' if np.isnan(m) else f'{m:.2f} ± {s:.2f}'
+    os_cols = [c for c in _SHOWN if c in summ]
+    head = ['loss', 'test accuracy % (mean ± std)', *(f'unseen {_SHOWN[c]} %' for c in os_cols), 'seeds', 's / epoch']
+    lines = ['| ' + ' | '.join(head) + ' |', '|---'*len(head) + '|']
+    lines += ['| ' + ' | '.join([str(l), pm(r.accuracy, r['std']), *(pm(r[c], r[f'{c}_std']) for c in os_cols), str(int(r.n)), f'{r.sec_per_epoch:.1f}']) + ' |'
+              for l,r in summ.iterrows()]
     return '\n'.join(lines)
 
-def plot_compare(res:pd.DataFrame, ax=None, title='Test accuracy per epoch'):
-    "Accuracy per epoch, mean over seeds with a ±1 std band, one line per loss"
+def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=None):
+    "`metric` (%) per epoch, mean over seeds with a ±1 std band, one line per loss"
     if ax is None: _,ax = plt.subplots(figsize=(6, 4))
     for loss,df in res.groupby('loss', sort=False):
-        g = df.groupby('epoch').accuracy
+        g = df.groupby('epoch')[metric]
         m,s = g.mean()*100,g.std(ddof=1).fillna(0)*100
         ax.plot(m.index, m, marker='o', label=f'{loss} (n={df.seed.nunique()})')
         ax.fill_between(m.index, m-s, m+s, alpha=.2)
-    ax.set(xlabel='epoch', ylabel='test accuracy %', title=title); ax.grid(alpha=.3); ax.legend()
+    name = 'test accuracy' if metric == 'accuracy' else f'unseen {_SHOWN.get(metric, metric)}'
+    ax.set(xlabel='epoch', ylabel=f'{name} %', title=ifnone(title, f'{name.capitalize()} per epoch')); ax.grid(alpha=.3); ax.legend()
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return ax.figure
+
+def roc_rows(fpr, tpr, far=FAR_GRID) -> pd.DataFrame:
+    "A ROC curve as true-accept rates at the false-accept rates `far`; NaN below ten times its smallest non-zero FAR"
+    fmin = fpr[fpr > 0].min()
+    return pd.DataFrame(dict(far=far, tar=[tar_at_far(fpr, tpr, f) if f >= 10*fmin else np.nan for f in far]))
+
+def plot_roc_compare(roc:pd.DataFrame, ax=None):
+    "Mean ROC curve of each loss over its seeds, from `roc.csv`"
+    curves = {f'{l} (n={d.seed.nunique()})': (m.index.values, m.values) for l,d in roc.groupby('loss', sort=False)
+              for m in [d.groupby('far').tar.mean().dropna()]}
+    return plot_roc(curves, ax=ax)
 
 # %% ../nbs/05_compare.ipynb #f6d04f81
 def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:int=3, lr:float=3e-2, out='cosine_compare',
             quiet:bool=False, **kwargs) -> pd.DataFrame:
-    "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`; write the summary and plot"
+    "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`; write the summary and plots"
     for l in losses: parse_loss(l)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     csv,bs = out/'epochs.csv',dls.train.bs
@@ -101,27 +124,16 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
     for i,(loss,seed) in enumerate(todo):
         print(f'run {i+1}/{len(todo)}: {loss}, seed {seed}', flush=True)
         rows = train_one(dls, loss, epochs, seed, lr, quiet=quiet, **kwargs).assign(bs=bs)
+        if 'roc' in rows.attrs:  # written first: a run counts as done once its epochs are in epochs.csv
+            roc_rows(*rows.attrs['roc']).assign(**dict(zip(_KEY, key(loss, seed)))).to_csv(out/'roc.csv', mode='a', header=not (out/'roc.csv').exists(), index=False)
         rows.to_csv(csv, mode='a', header=not csv.exists(), index=False)
-    res = pd.read_csv(csv)
-    res = res[res.loss.isin(losses) & (res.seed < seeds) & (res.epochs == epochs) & np.isclose(res.lr, lr) & (res.bs == bs)]
+    sel = lambda df: df[df.loss.isin(losses) & (df.seed < seeds) & (df.epochs == epochs) & np.isclose(df.lr, lr) & (df.bs == bs)]
+    res = sel(pd.read_csv(csv))
     summ = summarize(res)
     summ.to_csv(out/'summary.csv')
     plot_compare(res).savefig(out/'accuracy.png', dpi=120, bbox_inches='tight')
+    if 'map_at_r' in res:
+        plot_compare(res, 'map_at_r').savefig(out/'map_at_r.png', dpi=120, bbox_inches='tight')
+        plot_roc_compare(sel(pd.read_csv(out/'roc.csv'))).savefig(out/'roc.png', dpi=120, bbox_inches='tight')
+    plt.close('all')
     return summ
-
-# %% ../nbs/05_compare.ipynb #913e9730
-@call_parse
-def cosine_compare(
-    data:str=None, # MNIST folder: IDX files or `mnist_png`; default $COSINE_LOSSES_MNIST, else fastai's download
-    losses:Annotated[str, "softmax, arcface, cosface, sphereface, combined, or margins like 'm2=0.45,m3=0.1'", {'nargs': '+'}]=None,
-    epochs:int=5, # epochs of `fit_one_cycle` per run
-    seeds:int=3, # seeds per loss
-    bs:int=256, # batch size
-    lr:float=3e-2, # maximum learning rate of the one-cycle schedule
-    emb_size:int=128, # embedding size (both learners)
-    out:str='cosine_compare', # folder for epochs.csv, summary.csv and accuracy.png
-):
-    "Train fastai's softmax learner and cosine learners on MNIST with `fit_one_cycle`; print test accuracy and time per epoch"
-    summ = compare(mnist_dls(data, bs=bs), losses or ('softmax', 'arcface', 'combined'), epochs, seeds, lr, out, emb_size=emb_size)
-    print(format_summary(summ))
-    print(f'\nwrote {out}/epochs.csv, {out}/summary.csv, {out}/accuracy.png')

@@ -1,4 +1,4 @@
-"""`sweep_report` sets a sweep beside the paper's Table 1; `plot_sphere` and `plot_angles` redraw its Figures 1 and 2; `cosine-sweep` runs it all from a shell.
+"""`sweep_report` sets a sweep beside the paper's Table 1 (and ranks it by open-set MAP@R when the sweep ran on the open set); `plot_sphere` and `plot_angles` redraw its Figures 1 and 2.
 
 Docs: https://cosine-losses.github.io/cosine_losses/report.html.md"""
 
@@ -8,18 +8,16 @@ Docs: https://cosine-losses.github.io/cosine_losses/report.html.md"""
 from __future__ import annotations
 import importlib.resources
 from fastai.vision.all import *
-from typing import Annotated
-from fastcore.script import call_parse
 import optuna
 from optuna.trial import TrialState
 from .heads import ArcFaceHead
-from .data import mnist_dls
 from .compare import make_learner
-from .sweep import GRIDS, margin_sweep, margin_search, product_grid, open_study, config_name, SOFTMAX, margin_config
+from .sweep import config_name, SOFTMAX, margin_config
+from .openset import OPEN_SET_KEYS
 
 # %% auto #0
 __all__ = ['paper_table', 'sweep_results', 'summarize_sweep', 'read_runs', 'plot_arcface', 'plot_combined', 'plot_best',
-           'sweep_report', 'class_angles', 'plot_sphere', 'plot_angles', 'sphere_figure', 'cosine_sweep']
+           'sweep_report', 'class_angles', 'plot_sphere', 'plot_angles', 'sphere_figure']
 
 # %% ../nbs/07_report.ipynb #819e6fc9
 def paper_table() -> pd.DataFrame:
@@ -28,9 +26,10 @@ def paper_table() -> pd.DataFrame:
 
 # %% ../nbs/07_report.ipynb #a2dc714a
 def sweep_results(study:optuna.Study) -> pd.DataFrame:
-    "One row per finished run: configuration, seed, final accuracy (%) and accuracy per epoch"
+    "One row per finished run: configuration, seed, final accuracy and open-set scores (%), and accuracy per epoch"
     rows = [dict(kind=t.params['kind'], m1=t.params.get('m1', np.nan), m2=t.params.get('m2', np.nan), m3=t.params.get('m3', np.nan),
                  s=t.params.get('s', np.nan), seed=t.params.get('seed', 0), accuracy=t.value*100, epochs=len(t.user_attrs['accuracy']),
+                 **{k: t.user_attrs[k][-1]*100 for k in OPEN_SET_KEYS if k in t.user_attrs},
                  per_epoch=[a*100 for a in t.user_attrs['accuracy']], sec_per_epoch=np.mean(t.user_attrs['seconds']))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if 'accuracy' in t.user_attrs]
     df = pd.DataFrame(rows)
@@ -38,17 +37,25 @@ def sweep_results(study:optuna.Study) -> pd.DataFrame:
     return df
 
 def _paper_acc(r, pt):
-    if r.kind == 'softmax': return np.nan
-    q = pt[(pt.epochs == 20) & np.isclose(pt.m1.fillna(0), r.m1) & np.isclose(pt.m2.fillna(0), r.m2) & np.isclose(pt.m3.fillna(0), r.m3)]
+    "The paper's accuracy for this configuration at the same number of epochs, if it has one"
+    q = pt[(pt.epochs == r.epochs) & (pt.method == 'softmax')] if r.kind == 'softmax' else pt[
+        (pt.epochs == r.epochs) & (pt.method != 'softmax') & np.isclose(pt.m1.fillna(1), r.m1) & np.isclose(pt.m2.fillna(0), r.m2) & np.isclose(pt.m3.fillna(0), r.m3)]
     return q.accuracy.iloc[0] if len(q) else np.nan
 
-def summarize_sweep(res:pd.DataFrame) -> pd.DataFrame:
-    "Mean ± std (%) over seeds per configuration, the number of seeds, the worst run, and the paper's 20-epoch number"
-    g = res.groupby(['kind', 'm1', 'm2', 'm3', 's', 'epochs'], dropna=False, sort=True).accuracy
-    summ = pd.DataFrame(dict(mean=g.mean(), std=g.std(ddof=1), n=g.count(), worst=g.min())).reset_index()
+def summarize_sweep(res:pd.DataFrame, rank:str=None) -> pd.DataFrame:
+    "Mean ± std (%) over seeds per configuration (accuracy and open-set scores), seeds, worst run, the paper's number at the same epochs"
+    keys = ['kind', 'm1', 'm2', 'm3', 's', 'epochs']
+    g = res.groupby(keys, dropna=False, sort=True)
+    summ = pd.DataFrame(dict(mean=g.accuracy.mean(), std=g.accuracy.std(ddof=1), n=g.accuracy.count(), worst=g.accuracy.min()))
+    for k in OPEN_SET_KEYS:
+        if k in res: summ[k],summ[f'{k}_std'] = g[k].mean(),g[k].std(ddof=1)
+    summ = summ.reset_index()
     pt = paper_table()
     summ['paper'] = [_paper_acc(r, pt) for r in summ.itertuples()]
-    summ = pd.concat([summ[summ.kind == 'softmax'], summ[summ.kind != 'softmax'].sort_values(['m1', 'm3', 'm2', 's'])], ignore_index=True)
+    if rank is not None:
+        if rank not in ('mean', 'accuracy', *OPEN_SET_KEYS) or (rank != 'accuracy' and rank not in summ): raise ValueError(f"cannot rank by {rank!r}: choose 'accuracy' or a recorded open-set score ({[k for k in OPEN_SET_KEYS if k in summ]})")
+        summ = summ.sort_values('mean' if rank == 'accuracy' else rank, ascending=rank == 'eer', ignore_index=True)
+    else: summ = pd.concat([summ[summ.kind == 'softmax'], summ[summ.kind != 'softmax'].sort_values(['m1', 'm3', 'm2', 's', 'epochs'])], ignore_index=True)
     summ.insert(0, 'config', [config_name(SOFTMAX if r.kind == 'softmax' else margin_config(r.m1, r.m2, r.m3, r.s)) for r in summ.itertuples()])
     return summ
 
@@ -97,10 +104,10 @@ def plot_best(res:pd.DataFrame, n:int=3, ax=None):
     return ax.figure
 
 # %% ../nbs/07_report.ipynb #1cbc4aad
-def sweep_report(study:optuna.Study, out=None) -> pd.DataFrame:
-    "Summary table of `study` beside the paper's numbers; with `out`, also summary.csv, runs.csv and the three plots"
+def sweep_report(study:optuna.Study, out=None, rank:str=None) -> pd.DataFrame:
+    "Summary table of `study` beside the paper's numbers, ranked by `rank` if given; with `out`, also summary.csv, runs.csv and the three plots"
     res = sweep_results(study)
-    summ = summarize_sweep(res)
+    summ = summarize_sweep(res, rank)
     if out is not None:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         summ.to_csv(out/'summary.csv', index=False); res.drop(columns='per_epoch').assign(per_epoch=res.per_epoch.map(lambda a: ' '.join(f'{x:.2f}' for x in a))).to_csv(out/'runs.csv', index=False)
@@ -154,35 +161,3 @@ def sphere_figure(dls, losses=('softmax', 'arcface'), epochs:int=5, lr:float=3e-
         learns.append(learn)
     fig.tight_layout()
     return fig,learns
-
-# %% ../nbs/07_report.ipynb #bda0f09e
-@call_parse
-def cosine_sweep(
-    data:str=None, # MNIST folder: IDX files or `mnist_png`; default $COSINE_LOSSES_MNIST, else fastai's download
-    grid:str=None, # a named grid: 'paper' (Table 1) or 'best'; default: the lists below
-    m1:Annotated[float, "m1 values", {'nargs': '+'}]=(1.,),
-    m2:Annotated[float, "m2 values", {'nargs': '+'}]=(.5,),
-    m3:Annotated[float, "m3 values", {'nargs': '+'}]=(0.,),
-    s:Annotated[float, "s values", {'nargs': '+'}]=(30.,),
-    no_softmax:bool=False, # leave out fastai's softmax baseline
-    search:int=0, # instead of a grid, this many TPE trials over m2 ∈ [0, .8], m3 ∈ [0, .5]
-    epochs:int=20, # epochs of `fit_one_cycle` per run
-    seeds:int=3, # seeds per configuration
-    bs:int=256, # batch size
-    lr:float=3e-2, # maximum learning rate
-    out:str='sweep', # folder for the study database, summary.csv, runs.csv and plots
-    storage:str=None, # database URL shared by several workers; default: a SQLite file in `out`
-    study:str=None, # study name; default from the grid and epochs
-):
-    "Run a margin sweep on MNIST into an Optuna study (resumable, shareable between processes), then report it"
-    if grid is not None and grid not in GRIDS: raise ValueError(f"--grid must be one of {list(GRIDS)}, got {grid!r}")
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    storage = storage or out/'sweep.db'
-    dls = mnist_dls(data, bs=bs)
-    if search: st = margin_search(dls, search, epochs, lr, storage=storage, study_name=study)
-    else:
-        configs = GRIDS[grid](s=s[0], softmax=not no_softmax) if grid else product_grid(m1, m2, m3, s, softmax=not no_softmax)
-        st = margin_sweep(dls, configs, seeds, epochs, lr, storage=storage, study_name=study or f'{grid or "grid"}-e{epochs}')
-    summ = sweep_report(st, out)
-    print(summ.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
-    print(f'\nwrote {out}/summary.csv, runs.csv and plots; study {st.study_name!r} in {storage}')

@@ -65,6 +65,11 @@ def suggest_config(trial, space=_SPACE) -> tuple:
 
 # %% ../nbs/06_sweep.ipynb #d09ab778
 _LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+_RUN_COLS = ('loss', 'seed', 'epochs', 'lr', 'epoch')
+
+def _record(trial, rows):
+    "Every per-epoch column of `train_one`'s rows (losses, accuracy, open-set scores, seconds) as a user attribute of `trial`"
+    for col in rows.columns.drop(list(_RUN_COLS)): trial.set_user_attr(col, rows[col].tolist())
 
 def _objective(dls, epochs, lr, **kwargs):
     def f(trial):
@@ -76,7 +81,7 @@ def _objective(dls, epochs, lr, **kwargs):
         if any(t.number < trial.number and t.state in _LIVE and _key(_params(t)) == k for t in trials):
             trial.set_user_attr('skipped', 'duplicate'); raise optuna.TrialPruned()  # two workers enqueued it at once: the older runs
         rows = train_one(dls, config_name(c), epochs, seed, lr, **kwargs)
-        for col in ('accuracy', 'valid_loss', 'train_loss', 'seconds'): trial.set_user_attr(col, rows[col].tolist())
+        _record(trial, rows)
         trial.set_user_attr('epochs', epochs); trial.set_user_attr('pid', os.getpid()); trial.set_user_attr('host', socket.gethostname())
         return float(rows.accuracy.iloc[-1])
     return f
@@ -132,7 +137,7 @@ def margin_search(dls, n_trials:int=30, epochs:int=20, lr:float=3e-2, seed:int=0
         trial.suggest_categorical('kind', ['margin'])
         c = margin_config(**{k: trial.suggest_float(k, *space[k]) for k in ('m1', 'm2', 'm3', 's')})
         rows = train_one(dls, config_name(c), epochs, seed, lr, quiet=True, **kwargs)
-        for col in ('accuracy', 'valid_loss', 'train_loss', 'seconds'): trial.set_user_attr(col, rows[col].tolist())
+        _record(trial, rows)
         return float(rows.accuracy.iloc[-1])
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < n_trials:  # a finished search resumes to nothing
         study.optimize(obj, callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))])

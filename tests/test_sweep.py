@@ -85,5 +85,5 @@ def test_tpe_search(tmp_path):
     assert len(open_study(tmp_path/'s.db', 'tpe').get_trials(states=(TrialState.COMPLETE,))) == 3  # already complete: nothing more
 
 def test_unknown_grid_is_a_clear_error():
-    from cosine_losses.report import cosine_sweep
+    from cosine_losses.cli import cosine_sweep
     with pytest.raises(ValueError, match="'paper'"): cosine_sweep(grid='papr')
