@@ -1,5 +1,5 @@
 """Tests of `cosine_losses.heads.ArcFaceHead` against a plain float64 reference."""
-import pickle
+import math, pickle
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from torch.func import functional_call
 
@@ -144,3 +144,43 @@ def test_bad_constructor_args(name, bad):
 def test_extra_repr():
     assert 'nf=4, n_out=3' in repr(ArcFaceHead(4, 3)) and 'k=' not in repr(ArcFaceHead(4, 3))
     assert 'k=2' in repr(ArcFaceHead(4, 3, k=2))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Feature norms for AdaFace and MagFace: ArcFaceHead(norms=True)
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 3])
+def test_norms_attached_with_gradient(k):
+    head = ArcFaceHead(5, 4, k=k, norms=True)
+    ref = ArcFaceHead(5, 4, k=k)
+    with torch.no_grad(): ref.weight.copy_(head.weight)
+    x = (torch.randn(6, 5)*torch.rand(6, 1)*10).requires_grad_()
+    cos = head(x)
+    torch.testing.assert_close(cos, ref(x))  # the cosines are unchanged
+    assert cos.norms.shape == (6,) and cos.norms.dtype == torch.float32
+    torch.testing.assert_close(cos.norms, torch.tensor([math.sqrt(sum(v*v for v in r)) for r in x.tolist()]))
+    (cos.norms*torch.arange(6.)).sum().backward()
+    torch.testing.assert_close(x.grad, torch.arange(6.)[:,None]*x.detach()/x.detach().norm(dim=1, keepdim=True))
+
+def test_norms_do_not_travel_beyond_the_output():
+    "Any operation returns a plain tensor without the norms: fastai's get_preds, metrics and predict never see them"
+    cos = ArcFaceHead(3, 2, norms=True)(torch.randn(4, 3))
+    assert type(cos) is torch.Tensor and hasattr(cos, 'norms')
+    for o in (cos.detach(), cos[:2], cos*1, torch.cat([cos, cos]), cos.clone(), cos.softmax(1)): assert not hasattr(o, 'norms')
+    assert cos.float() is cos  # fastai's `to_float` keeps the very object for a float32 output
+
+def test_norms_under_autocast_and_float64():
+    x = torch.randn(4, 8)*3
+    with torch.autocast('cpu', dtype=torch.bfloat16): cos = ArcFaceHead(8, 3, norms=True)(x)
+    assert cos.norms.dtype == torch.float32
+    torch.testing.assert_close(cos.norms, x.norm(dim=1))
+    assert ArcFaceHead(8, 3, norms=True).double()(x.double()).norms.dtype == torch.float64
+
+def test_norms_off_by_default_and_flag_checked():
+    assert not hasattr(ArcFaceHead(3, 2)(torch.randn(2, 3)), 'norms')
+    assert 'norms=True' in repr(ArcFaceHead(3, 2, norms=True)) and 'norms' not in repr(ArcFaceHead(3, 2))
+    with pytest.raises(TypeError, match='norms'): ArcFaceHead(3, 2, norms=1)
+    old = ArcFaceHead(3, 2); del old.norms  # a head pickled before `norms` existed still runs
+    assert old(torch.randn(2, 3)).shape == (2, 2)
+    h = pickle.loads(pickle.dumps(ArcFaceHead(3, 2, norms=True)))
+    assert hasattr(h(torch.randn(2, 3)), 'norms')

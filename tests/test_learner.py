@@ -143,3 +143,98 @@ def test_timm_name_without_timm(dls):
     else:
         l = cosine_learner(dls, 'resnet18', pretrained=False, n_in=1, emb_size=8)
         assert l.model(dls.one_batch()[0][:2]).shape == (2, 10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The margin family (cosine_losses.family) in a learner
+# ----------------------------------------------------------------------------------------------------
+from cosine_losses.family import FAMILY_PRESETS, AdaFaceLoss, CurricularFaceLoss, MagFaceLoss, dynamic_margins
+
+@pytest.mark.parametrize("name", list(FAMILY_PRESETS))
+def test_family_presets_train(dls, name):
+    "Every preset trains with fit_one_cycle; the head hands norms to exactly the losses that need them"
+    set_seed(0, reproducible=True)
+    kw = FAMILY_PRESETS[name](dls)
+    l = cosine_learner(dls, emb_size=32, **kw)
+    assert l.model[-1].norms == getattr(l.loss_func, 'needs_norms', False)
+    before = {k: v.clone() for k,v in l.loss_func.state_dict().items()}
+    with l.no_bar(), l.no_logging(): l.fit_one_cycle(1, 3e-2)
+    assert l.validate()[1] > .85  # one epoch on 6,000 digits; chance is .1
+    assert all(not torch.equal(v, l.loss_func.state_dict()[k]) for k,v in before.items())  # the running statistics moved
+
+@pytest.fixture(scope='module')
+def ada_learn(dls):
+    set_seed(0, reproducible=True)
+    l = cosine_learner(dls, emb_size=32, loss_func=AdaFaceLoss(s=30.))
+    with l.no_bar(), l.no_logging(): l.fit_one_cycle(1, 3e-2)
+    return l
+
+def test_family_fastai_tools_unchanged(ada_learn, dls):
+    "AdaFace's model output is still the (N, C) cosines: get_preds, with_loss, predict and Interpretation work as for ArcFace"
+    probs, targs, losses = ada_learn.get_preds(with_loss=True)
+    assert probs.shape == (1000, 10) and losses.shape == (1000,) and not hasattr(probs, 'norms')
+    assert losses.mean().item() == pytest.approx(ada_learn.validate()[0], rel=1e-4)
+    cos, _ = ada_learn.get_preds(act=lambda o: o)
+    assert type(cos) is torch.Tensor and torch.allclose(probs, F.softmax(30*cos, 1), atol=1e-5)
+    lbl, idx, p = ada_learn.predict(dls.valid_ds.items.imgs[0])
+    assert torch.allclose(p, probs[0], atol=1e-5)
+    interp = ClassificationInterpretation.from_learner(ada_learn)
+    assert interp.confusion_matrix().sum() == 1000
+    mu = ada_learn.loss_func.mu.clone()
+    ada_learn.validate(); ada_learn.get_preds()
+    assert torch.equal(mu, ada_learn.loss_func.mu)  # validation does not move the statistics
+
+def test_family_export_load_fresh_process(ada_learn, dls, tmp_path):
+    "The running statistics are exported with the learner and loaded in a fresh process; predictions are equal"
+    ada_learn.export(tmp_path/'ada.pkl')
+    x = dls.valid_ds.items.imgs[5].clone()
+    torch.save(x, tmp_path/'x.pt')
+    code = ("import sys, torch; from fastai.learner import load_learner; l = load_learner(sys.argv[1]); "
+            "print([l.loss_func.mu.item(), l.loss_func.sigma.item(), l.model[-1].norms] + l.predict(torch.load(sys.argv[2]))[2].tolist())")
+    out = subprocess.run([sys.executable, '-c', code, str(tmp_path/'ada.pkl'), str(tmp_path/'x.pt')], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    mu, sigma, norms, *p = eval(out.stdout.strip().splitlines()[-1])
+    assert (mu, sigma, norms) == (ada_learn.loss_func.mu.item(), ada_learn.loss_func.sigma.item(), True) and mu != 20. and sigma != 100.
+    assert torch.allclose(torch.tensor(p), ada_learn.predict(x)[2], atol=1e-5)
+
+def test_family_curricular_t_survives_export(dls, tmp_path):
+    set_seed(0)
+    l = cosine_learner(dls, emb_size=16, loss_func=CurricularFaceLoss(s=30.))
+    with l.no_bar(), l.no_logging(): l.fit(1, 1e-2)
+    l.export(tmp_path/'cf.pkl')
+    t = load_learner(tmp_path/'cf.pkl').loss_func.t
+    assert t.item() == l.loss_func.t.item() != 0
+
+def test_family_magface_norm_gradient_reaches_the_body(dls):
+    "MagFace trains the norm: the embedding's gradient gets a radial part, exactly dL/d‖x‖ (a normalised head alone gives none)"
+    l = cosine_learner(dls, emb_size=16, loss_func=MagFaceLoss.finetune(s=30.))
+    xb, yb = dls.one_batch()
+    emb = l.model[:2](xb[:32]).detach().requires_grad_()
+    l.loss_func(l.model[2](emb), yb[:32]).backward()
+    radial = (emb.grad*F.normalize(emb.detach(), dim=1)).sum(1)
+    a = emb.detach().norm(dim=1).requires_grad_()
+    MagFaceLoss.finetune(s=30.)(l.model[2](emb.detach()).detach(), yb[:32], a).backward()
+    assert (a.grad != 0).all() and torch.allclose(radial, a.grad, atol=1e-6)
+    emb.grad = None
+    CombinedMarginLoss(30.)(l.model[2](emb), yb[:32]).backward()
+    assert (emb.grad*emb.detach()).sum(1).abs().max() < 1e-6
+    assert l.model[0][0][0].weight.grad is None  # (the body was not in this graph)
+
+def test_family_bf16_autocast_keeps_norms(dls):
+    "Under the Autocast callback the cosines (float32) keep their norms through fastai's to_float"
+    set_seed(0)
+    l = cosine_learner(dls, emb_size=16, loss_func=AdaFaceLoss(s=30.), cbs=Autocast(torch.bfloat16))
+    with l.no_bar(), l.no_logging(): l.fit_one_cycle(1, 3e-2)
+    assert l.recorder.values[-1][-1] > .8 and l.loss_func.mu.item() != 20.
+
+def test_dynamic_margins_from_mnist_labels(dls):
+    l = cosine_learner(dls, emb_size=8, m2='dynamic')
+    labels = dls.train_ds.items.labels
+    assert torch.equal(l.loss_func.m2, dynamic_margins(labels, 10)) and torch.equal(l.m2, l.loss_func.m2)
+    counts = torch.bincount(labels.long(), minlength=10)
+    assert l.loss_func.m2[counts.argmax()] == pytest.approx(.05) and l.loss_func.m2[counts.argmin()] == pytest.approx(.5)
+    assert isinstance(cosine_learner(dls, emb_size=8, m2=0., m3='dynamic').loss_func.m3, torch.Tensor)
+    with pytest.raises(ValueError, match="'dynamic'"): cosine_learner(dls, m2='dinamic')
+    with pytest.raises(ValueError, match='per-class margins'):
+        l = cosine_learner(dls, emb_size=8, m2=torch.full((7,), .3))
+        l.loss_func(l.model(dls.one_batch()[0][:4]), dls.one_batch()[1][:4])

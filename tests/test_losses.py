@@ -571,3 +571,110 @@ def test_empty_batch():
     cos, y = torch.empty(0, 4), torch.empty(0, dtype=torch.long)
     assert CombinedMarginLoss(reduction='none')(cos, y).shape == (0,)
     assert CombinedMarginLoss(reduction='sum')(cos, y).item() == 0.
+
+# ----------------------------------------------------------------------------------------------------
+# Per-class margins: m2 and m3 as tensors of C values
+# ----------------------------------------------------------------------------------------------------
+PER_CLASS = [dict(m1=1., m2=[0.5, 0.05, 2.5, 0.], m3=0.), dict(m1=1., m2=0., m3=[0.35, 0.1, -0.2, 0.]),
+             dict(m1=1., m2=[0.3, 0.5, 0.4, 0.2], m3=[0.1, 0.2, 0., 0.3]), dict(m1=1.35, m2=[0.1, 0.3, 0., 0.2], m3=0.)]
+PER_IDS = ['arc', 'cos', 'combined', 'sphere+arc']
+
+def per_class(kw):
+    return {k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v for k,v in kw.items()}
+
+def hand_per_class(cos, y, s, kw):
+    "Scalar logits with each sample's margins taken from its class"
+    out = []
+    for row,c in zip(cos.tolist(), y.tolist()):
+        m2 = kw['m2'][c] if isinstance(kw['m2'], list) else kw['m2']
+        m3 = kw['m3'][c] if isinstance(kw['m3'], list) else kw['m3']
+        out.append([s*(ref_psi(math.acos(v), kw['m1'], m2) - m3) if j == c else s*v for j,v in enumerate(row)])
+    return out
+
+@pytest.mark.parametrize("kw", PER_CLASS, ids=PER_IDS)
+def test_per_class_margins_match_scalar_reference(kw):
+    "Every class's margin, fallback included (class 2's m2 = 2.5 is past its switch), against the scalar reference"
+    cos = exact_cos(0)
+    y = torch.arange(len(ANGLES)) % 4
+    cos[torch.arange(len(y)), y] = torch.cos(torch.deg2rad(torch.tensor(ANGLES, dtype=torch.float64)))
+    hand = hand_per_class(cos, y, S, kw)
+    torch.testing.assert_close(margin_logits(cos, y, S, **per_class(kw))/S, torch.tensor(hand, dtype=torch.float64)/S, rtol=0, atol=1e-9)
+    assert CombinedMarginLoss(S, **per_class(kw))(cos, y).item() == pytest.approx(ref_ce(hand, y.tolist()), rel=1e-9)
+
+@pytest.mark.parametrize("kw", PER_CLASS, ids=PER_IDS)
+def test_per_class_equals_scalar_loss_per_sample(kw):
+    "Sample i under per-class margins is the scalar loss with its class's margins: values and gradients"
+    cos, y = some_cos(12, 4), torch.arange(12) % 4
+    c1 = cos.clone().requires_grad_()
+    l1 = CombinedMarginLoss(20., **per_class(kw), reduction='none')(c1, y)
+    (l1*torch.arange(1, 13)).sum().backward()
+    for i,c in enumerate(y.tolist()):
+        sc = {k: (v[c] if isinstance(v, list) else v) for k,v in kw.items()}
+        ci = cos[i:i+1].clone().requires_grad_()
+        li = CombinedMarginLoss(20., **sc)(ci, y[i:i+1])
+        (li*(i + 1)).backward()
+        assert l1[i].item() == pytest.approx(li.item(), rel=1e-12)
+        torch.testing.assert_close(c1.grad[i], ci.grad[0], rtol=1e-10, atol=1e-12)
+
+def test_per_class_gradcheck_and_monotone():
+    m2 = torch.tensor([0.5, 1.2, 0.05, 3.])
+    y = torch.arange(8) % 4
+    cos = torch.cos(torch.tensor([.3, .7, 1.1, 1.5, 2.0, 2.2, 2.6, 2.9], dtype=torch.float64))[:,None].repeat(1, 4)*0.9
+    cos[torch.arange(8), y] = torch.cos(torch.tensor([.3, .7, 1.1, .1, 2.0, 1.8, 2.6, .05], dtype=torch.float64))
+    cos.requires_grad_()
+    assert torch.autograd.gradcheck(lambda c_: CombinedMarginLoss(6., m2=m2)(c_, y), (cos,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    for j in range(4):  # each class's target logit is non-increasing in θ, and is the scalar margin's
+        t = target_logit(COS_GRID, 1., m2[j].double().expand(len(COS_GRID)).contiguous())
+        assert t.diff().max().item() <= 1e-12
+        torch.testing.assert_close(t, target_logit(COS_GRID, 1., m2[j].item()), rtol=0, atol=1e-12)
+
+def test_per_class_zero_margin_keeps_unit_slope_at_cos_one():
+    "A class with m2 = 0 is the plain cosine, gradient 1 even at cos θ = 1 where acos has no slope"
+    c = torch.tensor([1., 0.5], dtype=torch.float64, requires_grad=True)
+    target_logit(c, 1., torch.tensor([0., 0.], dtype=torch.float64)).sum().backward()
+    torch.testing.assert_close(c.grad, torch.ones(2, dtype=torch.float64))
+
+def test_per_class_pickle_reduction_and_repr():
+    f = CombinedMarginLoss(s=10., m2=torch.tensor([.1, .5, .3]), reduction='none')
+    g = pickle.loads(pickle.dumps(f))
+    cos, y = some_cos(6, 3).float(), torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.testing.assert_close(g(cos, y), f(cos, y), rtol=0, atol=0)
+    assert 'tensor of 3 in [0.1, 0.5]' in repr(f)
+    f.reduction = 'sum'
+    assert f(cos, y).item() == pytest.approx(g(cos, y).sum().item(), rel=1e-6)
+
+def test_per_class_margins_follow_device_and_dtype_once():
+    "Margins given in float32 are used in float64 for float64 cosines, converted once and kept"
+    m2 = torch.tensor([.1, .5, .3])
+    f = CombinedMarginLoss(s=10., m2=m2)
+    f(some_cos(4, 3), torch.tensor([0, 1, 2, 0]))
+    assert f.m2.dtype == torch.float64 and m2.dtype == torch.float32  # the caller's tensor is untouched (a copy is kept)
+    m2[0] = 3.  # and later changes to it do not leak into the loss
+    assert f.m2[0].item() == pytest.approx(.1)
+
+@pytest.mark.parametrize("m,exc,match", [
+    (dict(m2=torch.tensor([.5, 4.])), ValueError, r'\[0, π\)'), (dict(m2=torch.tensor([.5, -.1])), ValueError, r'\[0, π\)'),
+    (dict(m2=torch.tensor([.5, float('nan')])), ValueError, 'finite'), (dict(m3=torch.tensor([.5, float('inf')])), ValueError, 'finite'),
+    (dict(m2=torch.tensor([[.5, .2]])), TypeError, '1-d'), (dict(m3=torch.tensor([1, 2])), TypeError, '1-d'),
+    (dict(m2=torch.tensor(.5)), TypeError, 'm2'), (dict(m2=[.5, .2]), TypeError, 'm2'),
+])
+def test_per_class_bad_margins(m, exc, match):
+    cos, y = some_cos(3, 2), torch.tensor([0, 1, 0])
+    with pytest.raises(exc, match=match): check_margins(**m)
+    with pytest.raises(exc, match=match): CombinedMarginLoss(**m)
+    with pytest.raises(exc, match=match): margin_logits(cos, y, **m)
+    f = CombinedMarginLoss()
+    with pytest.raises(exc, match=match): setattr(f, *next(iter(m.items())))  # also when set later
+
+def test_per_class_wrong_number_of_classes():
+    f = CombinedMarginLoss(m2=torch.tensor([.1, .2, .3]))
+    with pytest.raises(ValueError, match='3 per-class margins but `cos` has 4'): f(some_cos(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match='m3'): margin_logits(some_cos(2, 4), torch.tensor([0, 3]), m3=torch.zeros(5))
+
+def test_margins_checked_when_set_not_per_step():
+    "MarginScheduler sets floats every batch: each is checked on assignment"
+    f = CombinedMarginLoss()
+    with pytest.raises(ValueError, match='`m2`'): f.m2 = 4.
+    with pytest.raises(ValueError, match='`s`'): f.s = 0.
+    f.m2 = .3
+    assert f.m2 == .3
