@@ -1,14 +1,18 @@
-"README.md is generated from index.ipynb and its code runs."
-import json, os, sys
+"README.md is generated from index.ipynb by nbconvert, and its code runs."
+import subprocess, sys
+import nbformat
 from pathlib import Path
-import pytest
+from traitlets.config.loader import PyFileConfigLoader
+from nbconvert import MarkdownExporter
 
 root = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(root/'tools'))
-import readme
+readme_cmd = 'jupyter nbconvert --config docs/readme.py'
 
-def test_readme_is_fresh():
-    assert (root/'README.md').read_text() == readme.render(), "README.md is stale: run `python tools/readme.py`"
+def test_readme_is_fresh(tmp_path):
+    "README.md is what the README's own command writes from index.ipynb"
+    subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--config', 'docs/readme.py', '--output-dir', str(tmp_path)],
+                   cwd=root, check=True, capture_output=True)
+    assert (root/'README.md').read_text() == (tmp_path/'README.md').read_text(), f"README.md is stale: run `{readme_cmd}`"
 
 def test_index_runs():
     "The README's example code runs (cells marked `#| eval: false` need the full data set and are skipped)"
@@ -23,11 +27,16 @@ def test_ci_runs_the_readme_commands():
     ci = (root/'.ci'/'run').read_text()
     assert 'pip install -q -e ".[dev]"' in ci and 'nbdev-test && pytest' in ci and 'nbdev-export' in ci
 
-def test_render_drops_hidden_cells_and_directives(tmp_path):
-    cells = [dict(cell_type='markdown', source=['# T'], metadata={}),
-             dict(cell_type='code', source=['#| hide\nsecret()'], metadata={}, outputs=[]),
-             dict(cell_type='code', source=['#| eval: false\nx = 1'], metadata={}, outputs=[dict(output_type='stream', name='stdout', text=['1\n']),
-                                                                                             dict(output_type='stream', name='stderr', text=['a warning\n'])])]
+def test_readme_applies_nbdev_directives(tmp_path):
+    "`#| hide` and `#| include: false` drop a cell, `echo: false` its code, `output: false` its outputs; other directives are stripped, stderr dropped"
+    from nbformat.v4 import new_notebook, new_code_cell, new_markdown_cell, new_output
+    out = lambda t, name='stdout': new_output('stream', name=name, text=t)
+    code = lambda src, *outs: new_code_cell(src, outputs=list(outs))
+    nb = new_notebook(metadata={'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}, cells=[
+        new_markdown_cell('# T'), code('#| hide\nsecret()'), code('#| include: false\nhidden()', out('no\n')),
+        code('#| echo: false\nquiet()', out('shown\n')), code('#| output: false\nloud()', out('not shown\n')),
+        code('#| eval: false\nx = 1', out('1\n'), out('a warning\n', 'stderr'))])
     p = tmp_path/'nb.ipynb'
-    p.write_text(json.dumps(dict(cells=cells, metadata={}, nbformat=4, nbformat_minor=5)))
-    assert readme.render(p) == '# T\n\n```python\nx = 1\n```\n\n```\n1\n```\n'
+    nbformat.write(nb, p)
+    md,_ = MarkdownExporter(config=PyFileConfigLoader('readme.py', path=str(root/'docs')).load_config()).from_filename(str(p))
+    assert md.split() == ['#', 'T', 'shown', '```python', 'loud()', '```', '```python', 'x', '=', '1', '```', '1']
