@@ -33,7 +33,8 @@ def margins():
     Y = torch.tensor([0, 3, 3, 10, 5, 2, 7, 10, 4])  # classes 1, 6, 8 and 9 in no batch
     rows,blk = [slice(0, 5), slice(5, 9)][r],slice(r*11//w, (r+1)*11//w)
     for name,m in dict(arcface=dict(m2=.5), cosface=dict(m2=0., m3=.35), sphereface=dict(m1=1.35, m2=0.),
-                       combined=dict(m1=1.2, m2=.3, m3=.2), easy=dict(m2=.5, easy_margin=True)).items():
+                       combined=dict(m1=1.2, m2=.3, m3=.2), easy=dict(m2=.5, easy_margin=True),
+                       per_class=dict(m2=torch.linspace(0, .6, 11), m3=torch.linspace(.3, 0, 11))).items():
         x,wb = X[rows].clone().requires_grad_(),Wc[blk].clone().requires_grad_()
         loss = sharded_margin_loss(x, Y[rows], wb, s=16., **m)
         loss.backward()

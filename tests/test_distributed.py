@@ -31,7 +31,8 @@ def _reference(X, Wc, Y, s=16., **m):
     return loss.item(),x.grad,head.weight.grad
 
 MARGINS = dict(arcface=dict(m2=.5), cosface=dict(m2=0., m3=.35), sphereface=dict(m1=1.35, m2=0.),
-               combined=dict(m1=1.2, m2=.3, m3=.2), easy=dict(m2=.5, easy_margin=True))
+               combined=dict(m1=1.2, m2=.3, m3=.2), easy=dict(m2=.5, easy_margin=True),
+               per_class=dict(m2=torch.linspace(0, .6, 11), m3=torch.linspace(.3, 0, 11)))
 
 @pytest.mark.parametrize('name', MARGINS)
 def test_sharded_loss_equals_one_process(ranks, name):
@@ -82,6 +83,7 @@ def test_bad_targets_are_a_clear_error(ranks):
     assert all('[0, 40)' in res[r]['bad_targ'] for r in range(2))
     with pytest.raises(ValueError, match='sample_rate'): sharded_margin_loss(torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(4, 3), sample_rate=0)
     with pytest.raises(ValueError, match='`m2`'): sharded_margin_loss(torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(4, 3), m2=-1)
+    with pytest.raises(ValueError, match='4 margins'): sharded_margin_loss(torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(4, 3), m3=torch.zeros(3))
 
 def test_one_process_is_the_plain_loss():
     "Without a process group, one rank holds every centre: `sharded_margin_loss` is `CombinedMarginLoss`, sampling aside"
