@@ -14,8 +14,8 @@ from .data import mnist_dls
 from .openset import OpenSetDataLoaders, OpenSetMetrics, OPEN_SET_KEYS, tar_at_far, plot_roc
 
 # %% auto #0
-__all__ = ['PRESETS', 'FAR_GRID', 'parse_loss', 'EpochTimer', 'make_learner', 'train_one', 'summarize', 'format_summary',
-           'plot_compare', 'roc_rows', 'plot_roc_compare', 'compare']
+__all__ = ['PRESETS', 'FAR_GRID', 'parse_loss', 'EpochTimer', 'make_learner', 'train_one', 'NoFallbackLoss', 'summarize',
+           'format_summary', 'plot_compare', 'roc_rows', 'plot_roc_compare', 'compare']
 
 # %% ../nbs/05_compare.ipynb #181dc261
 PRESETS = {'softmax': None, 'arcface': dict(m2=.5), 'cosface': dict(m2=0., m3=.35), 'sphereface': dict(m1=1.35, m2=0.),
@@ -26,10 +26,11 @@ def parse_loss(spec:str) -> dict|None:
     if spec in PRESETS: return PRESETS[spec]
     try: kw = {k.strip(): float(v) for k,v in (p.split('=') for p in spec.split(','))}
     except ValueError: raise ValueError(f"loss {spec!r}: expected one of {list(PRESETS)} or margins like 'm1=1,m2=0.45,m3=0.1,s=30'") from None
-    bad = [k for k in kw if k not in ('m1', 'm2', 'm3', 's')]
-    if bad: raise ValueError(f"loss {spec!r}: unknown margin {bad}; use m1, m2, m3, s")
+    bad = [k for k in kw if k not in ('m1', 'm2', 'm3', 's', 'fallback')]
+    if bad: raise ValueError(f"loss {spec!r}: unknown margin {bad}; use m1, m2, m3, s (and fallback=0 to reproduce code without it)")
+    if kw.get('fallback', 1.) not in (0., 1.): raise ValueError(f"loss {spec!r}: fallback must be 0 or 1")
     kw = {'m2': 0., **kw}
-    check_margins(**{'s': 30., **kw})
+    check_margins(**{'s': 30., **{k: v for k,v in kw.items() if k != 'fallback'}})
     return kw
 
 # %% ../nbs/05_compare.ipynb #26a6b482
@@ -45,6 +46,7 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, **kwargs)
     "`softmax_learner` or `cosine_learner` for the loss named by `loss`, with random initial weights"
     cfg = parse_loss(loss)
     if cfg is None: return softmax_learner(dls, arch, emb_size=emb_size, pretrained=False, **kwargs)
+    if not cfg.get('fallback', 1.): cfg = {k: v for k,v in cfg.items() if k != 'fallback'}; kwargs['loss_func'] = NoFallbackLoss(**{'s': 30., **cfg})
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=False, **cfg, **kwargs)
 
 def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False, **kwargs) -> pd.DataFrame:
@@ -60,6 +62,19 @@ def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, 
     rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(seconds=timer.times)
     if open_set: rows.attrs['roc'] = open_set[0].roc
     return rows
+
+# %% ../nbs/05_compare.ipynb #5a421935
+class NoFallbackLoss(Module):
+    "Reproduction only: s·(cos(m1·θ_y + m2) − m3) computed directly, not monotone past m1·θ_y + m2 > π, as naive implementations are"
+    y_int = True
+    def __init__(self, s:float=30., m1:float=1., m2:float=.5, m3:float=0., reduction:str='mean'): store_attr()
+    def forward(self, cos, targ):
+        cos = cos.float()
+        theta = torch.acos(cos.gather(1, targ[:,None]).clamp(-1+1e-7, 1-1e-7))
+        logits = cos.scatter(1, targ[:,None], torch.cos(self.m1*theta + self.m2) - self.m3)
+        return F.cross_entropy(self.s*logits, targ, reduction=self.reduction)
+    def activation(self, x): return F.softmax(self.s*x.float(), dim=-1)
+    def decodes(self, x): return x.argmax(dim=-1)
 
 # %% ../nbs/05_compare.ipynb #f6586a1d
 _KEY = ['loss', 'seed', 'epochs', 'lr', 'bs']
