@@ -11,8 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist
 from torch import Tensor
 from fastcore.basics import store_attr
-from fastcore.meta import delegates
-from .losses import CombinedMarginLoss, check_margins, _safe_acos, _psi, _prepare, _MarginCE, _is_real
+from .losses import CombinedMarginLoss, _safe_acos, _psi, _prepare, _MarginCE, _is_real
 
 # %% auto #0
 __all__ = ['FAMILY_PRESETS', 'dynamic_margins', 'train_labels', 'CurricularFaceLoss', 'AdaFaceLoss', 'ElasticFaceLoss',
