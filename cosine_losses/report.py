@@ -36,14 +36,18 @@ def sweep_results(study:optuna.Study) -> pd.DataFrame:
     if len(df): df['config'] = [config_name(SOFTMAX if r.kind == 'softmax' else margin_config(r.m1, r.m2, r.m3, r.s)) for r in df.itertuples()]
     return df
 
-def _paper_acc(r, pt):
-    "The paper's accuracy for this configuration at the same number of epochs, if it has one"
-    q = pt[(pt.epochs == r.epochs) & (pt.method == 'softmax')] if r.kind == 'softmax' else pt[
-        (pt.epochs == r.epochs) & (pt.method != 'softmax') & np.isclose(pt.m1.fillna(1), r.m1) & np.isclose(pt.m2.fillna(0), r.m2) & np.isclose(pt.m3.fillna(0), r.m3)]
+def _paper_acc(r, pt, epochs):
+    "The paper's accuracy for this configuration after `epochs` epochs, if it has one"
+    q = pt[(pt.epochs == epochs) & (pt.method == 'softmax')] if r.kind == 'softmax' else pt[
+        (pt.epochs == epochs) & (pt.method != 'softmax') & np.isclose(pt.m1.fillna(1), r.m1) & np.isclose(pt.m2.fillna(0), r.m2) & np.isclose(pt.m3.fillna(0), r.m3)]
     return q.accuracy.iloc[0] if len(q) else np.nan
 
-def summarize_sweep(res:pd.DataFrame, rank:str=None) -> pd.DataFrame:
-    "Mean ± std (%) over seeds per configuration (accuracy and open-set scores), seeds, worst run, the paper's number at the same epochs"
+def summarize_sweep(
+    res:pd.DataFrame, # runs, as `sweep_results` or `read_runs` gives them
+    rank:str=None, # order by 'accuracy' or an open-set score such as 'map_at_r'; default by configuration
+    paper_epochs:int=None, # show the paper's runs of this many epochs, in a column `paper_e{paper_epochs}`; default the same epochs, as `paper`
+) -> pd.DataFrame:
+    "Mean ± std (%) over seeds per configuration (accuracy and open-set scores), seeds, worst run, and the paper's number"
     keys = ['kind', 'm1', 'm2', 'm3', 's', 'epochs']
     g = res.groupby(keys, dropna=False, sort=True)
     summ = pd.DataFrame(dict(mean=g.accuracy.mean(), std=g.accuracy.std(ddof=1), n=g.accuracy.count(), worst=g.accuracy.min()))
@@ -51,7 +55,7 @@ def summarize_sweep(res:pd.DataFrame, rank:str=None) -> pd.DataFrame:
         if k in res: summ[k],summ[f'{k}_std'] = g[k].mean(),g[k].std(ddof=1)
     summ = summ.reset_index()
     pt = paper_table()
-    summ['paper'] = [_paper_acc(r, pt) for r in summ.itertuples()]
+    summ['paper' if paper_epochs is None else f'paper_e{paper_epochs}'] = [_paper_acc(r, pt, ifnone(paper_epochs, r.epochs)) for r in summ.itertuples()]
     if rank is not None:
         if rank not in ('mean', 'accuracy', *OPEN_SET_KEYS) or (rank != 'accuracy' and rank not in summ): raise ValueError(f"cannot rank by {rank!r}: choose 'accuracy' or a recorded open-set score ({[k for k in OPEN_SET_KEYS if k in summ]})")
         summ = summ.sort_values('mean' if rank == 'accuracy' else rank, ascending=rank == 'eer', ignore_index=True)
