@@ -54,7 +54,7 @@ if __name__ == '__main__':
     print(f'| C | setting | processes | peak memory per process (MB) | s / step |\n|---|---|---|---|---|')
     for C in a.classes:
         rows = run([sys.executable, *me, 'plain', str(C)], env)
-        for w in (1, 2): rows += run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(w), *me, 'sharded', str(C)], env)
+        for w in (1, 2): rows += run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(w), *me, 'sharded', str(C)], env)
         for mode,w in (('plain', '1'), ('sharded', '1'), ('sharded', '2')):
             rs = [r for r in rows if r[0] == mode and r[1] == w]
             name = 'one ArcFaceHead' if mode == 'plain' else 'sharded'

@@ -1,5 +1,5 @@
 "Data-parallel training and sharded class centres, checked on 2 real gloo processes against one process."
-import os, subprocess, sys, warnings
+import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from fastai.vision.all import load_learner, set_seed
@@ -16,9 +16,12 @@ def ranks(tmp_path_factory, real_mnist):
     "Run ddp_worker.py once on 2 CPU processes (gloo), as the README launches training: what each rank saved"
     out = tmp_path_factory.mktemp('ddp')
     env = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', WORKER, str(out), str(real_mnist)],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    # --standalone: a free port for the rendezvous, so runs beside each other do not collide
+    p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', WORKER, str(out), str(real_mnist)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try: o,e = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL); raise
+    assert p.returncode == 0, (o + e)[-4000:]
     return out,[torch.load(out/f'rank{r}.pt', weights_only=False) for r in range(2)]
 
 def _reference(X, Wc, Y, s=16., **m):

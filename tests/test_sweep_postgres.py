@@ -46,16 +46,20 @@ def test_two_workers_one_killed_every_run_once(pg_url):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     open_study(pg_url, 't')  # the schema and study exist before the workers race for runs
     ws = [_start(pg_url, 2, .25) for _ in range(2)]
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill worker 0 while both run a trial, after some run finished
-        time.sleep(.2)
-        for w in ws: assert w.poll() is None, w.stderr.read().decode()[-2000:]
-        done,st = _done(pg_url)
-        if sum(done.values()) >= 1 and sum(t.state == TrialState.RUNNING for t in st.trials) == 2: break
-    else: pytest.fail('the two workers never ran two trials at once')
-    ws[0].send_signal(signal.SIGKILL); ws[0].wait()
-    ws[0] = _start(pg_url, 2, 0)  # restarted: it picks up the killed run once its heartbeat is stale
-    for w in ws: assert w.wait(timeout=180) == 0, w.stderr.read().decode()[-2000:]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # kill worker 0 while both run a trial, after some run finished
+            time.sleep(.2)
+            for w in ws: assert w.poll() is None, w.stderr.read().decode()[-2000:]
+            done,st = _done(pg_url)
+            if sum(done.values()) >= 1 and sum(t.state == TrialState.RUNNING for t in st.trials) == 2: break
+        else: pytest.fail('the two workers never ran two trials at once')
+        ws[0].send_signal(signal.SIGKILL); ws[0].wait()
+        ws[0] = _start(pg_url, 2, 0)  # restarted: it picks up the killed run once its heartbeat is stale
+        for w in ws: assert w.wait(timeout=180) == 0, w.stderr.read().decode()[-2000:]
+    finally:
+        for w in ws:
+            if w.poll() is None: w.kill(); w.wait()
     done,st = _done(pg_url)
     assert done == JOBS(2)  # every (configuration, seed) finished exactly once
     assert any(t.state == TrialState.FAIL for t in st.trials)  # the killed worker's run, failed by its missing heartbeat
