@@ -13,7 +13,7 @@ from .heads import ArcFaceHead
 from .family import dynamic_margins, train_labels
 
 # %% auto #0
-__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'cosine_learner', 'softmax_learner']
+__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'cosine_learner', 'softmax_learner']
 
 # %% ../nbs/02_learner.ipynb #10aa7e65
 def paper_cnn(
@@ -90,6 +90,15 @@ def _dynamic(m, name, dls, n_out):
     if m != 'dynamic': raise ValueError(f"`{name}` must be a margin, a tensor of per-class margins or 'dynamic', got {m!r}")
     return dynamic_margins(train_labels(dls), ifnone(n_out, get_c(dls)))
 
+# %% ../nbs/02_learner.ipynb #3c95c216
+class KeepLossStats(Callback):
+    "Put the loss's buffers (running statistics) back after `lr_find`, as fastai puts the model's weights back"
+    def before_fit(self):
+        lf = self.learn.loss_func
+        self.state = {k: v.clone() for k,v in lf.state_dict().items()} if hasattr(self.learn, 'lr_finder') and isinstance(lf, nn.Module) else None
+    def after_fit(self):
+        if self.state is not None: self.learn.loss_func.load_state_dict(self.state)
+
 # %% ../nbs/02_learner.ipynb #b3b74dfc
 @delegates(_head_learner, but=['head', 'loss_func'])
 def cosine_learner(
@@ -110,6 +119,7 @@ def cosine_learner(
         m2,m3 = _dynamic(m2, 'm2', dls, n_out),_dynamic(m3, 'm3', dls, n_out)
         loss_func = CombinedMarginLoss(s, m1, m2, m3)
     head = partial(ArcFaceHead, k=k, norms=getattr(loss_func, 'needs_norms', False))
+    if isinstance(loss_func, nn.Module) and any(True for _ in loss_func.buffers()): kwargs['cbs'] = L(kwargs.get('cbs')) + [KeepLossStats()]
     learn = _head_learner(dls, arch, head=head, loss_func=loss_func, emb_size=emb_size, **kwargs)
     store_attr('m1,m2,m3,s,k', self=learn)
     return learn

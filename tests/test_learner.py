@@ -238,3 +238,16 @@ def test_dynamic_margins_from_mnist_labels(dls):
     with pytest.raises(ValueError, match='per-class margins'):
         l = cosine_learner(dls, emb_size=8, m2=torch.full((7,), .3))
         l.loss_func(l.model(dls.one_batch()[0][:4]), dls.one_batch()[1][:4])
+
+def test_lr_find_leaves_loss_statistics(dls):
+    "lr_find puts the model back; KeepLossStats puts AdaFace's μ, σ back too (without it they move)"
+    from cosine_losses.learner import KeepLossStats
+    l = cosine_learner(dls, emb_size=16, loss_func=AdaFaceLoss(s=30.))
+    assert any(isinstance(c, KeepLossStats) for c in l.cbs)
+    before = {k: v.clone() for k,v in l.loss_func.state_dict().items()}
+    with l.no_bar(): l.lr_find(show_plot=False, num_it=30)
+    assert all(torch.equal(v, l.loss_func.state_dict()[k]) for k,v in before.items())
+    l.remove_cb(KeepLossStats)
+    with l.no_bar(): l.lr_find(show_plot=False, num_it=30)
+    assert not torch.equal(before['mu'], l.loss_func.mu)
+    assert not any(isinstance(c, KeepLossStats) for c in cosine_learner(dls, emb_size=8).cbs)  # only for losses with statistics
