@@ -76,7 +76,7 @@ def target_logit(
 
 # %% ../nbs/00_losses.ipynb #2803dcca
 def _check_inputs(cos, targ):
-    "Raise a clear error unless `cos` is (N, C) finite floating point and `targ` (N,) integer indices in [0, C)"
+    "Raise a clear error unless `cos` is (N, C) floating point and `targ` (N,) integer class indices: types and shapes, no values"
     if not isinstance(cos, Tensor): raise TypeError(f"`cos` must be a tensor of cosines, got {type(cos).__name__}")
     if not isinstance(targ, Tensor): raise TypeError(f"`targ` must be a tensor of class indices, got {type(targ).__name__}")
     if not cos.is_floating_point(): raise TypeError(f"`cos` must be floating point, got {cos.dtype}")
@@ -84,16 +84,40 @@ def _check_inputs(cos, targ):
         raise TypeError(f"`targ` must hold integer class indices, got {targ.dtype}")
     if cos.ndim != 2: raise ValueError(f"`cos` must be (N, C) cosines, got shape {tuple(cos.shape)}")
     if targ.shape != cos.shape[:1]: raise ValueError(f"`targ` must have shape ({cos.shape[0]},) to match `cos` {tuple(cos.shape)}, got {tuple(targ.shape)}")
-    if len(targ) and ((targ < 0) | (targ >= cos.shape[1])).any():
+
+def _finite_sum(cos):
+    "Whether every cosine is finite, in one pass and no N×C mask: the sum is finite, i.e. sum − sum is 0 (∞ − ∞ and NaN are not)"
+    t = cos.detach().sum(dtype=torch.float32 if cos.dtype != torch.float64 else None)
+    return (t - t) == 0
+
+def _in_range(targ, c): return (targ.clamp(0, c - 1) == targ).all()
+
+def _check_values(cos, targ):
+    "Raise a clear error unless every `targ` is in [0, C) and every cosine is finite: reads two values back from the device"
+    if not _in_range(targ, cos.shape[1]):
         raise ValueError(f"`targ` must be class indices in [0, {cos.shape[1]}), got values from {targ.min().item()} to {targ.max().item()}")
-    if not torch.isfinite(cos.sum(dtype=torch.float32 if cos.dtype != torch.float64 else None)):  # one pass, no N×C mask
+    if not _finite_sum(cos):
         raise ValueError(f"`cos` must be finite cosines; got {(~torch.isfinite(cos)).sum().item()} non-finite values of {cos.numel()}")
 
-def _prepare(cos, targ):
-    "Checked `cos` as a float32 (or float64) plain tensor and `targ` as int64"
+def _assert_values(cos, targ):
+    "The same checks as one device-side assertion, with no host sync: a failure stops the run when the device next synchronises"
+    torch._assert_async(_in_range(targ, cos.shape[1]) & _finite_sum(cos),
+                        f"`targ` must be class indices in [0, {cos.shape[1]}) and `cos` finite cosines: rerun with check='host' to see which")
+
+def _check_mode(check):
+    "`check` if it is one of True, False, 'host', 'device'"
+    if not (isinstance(check, bool) or check in ('host', 'device')): raise ValueError(f"`check` must be True, False, 'host' or 'device', got {check!r}")
+    return check
+
+def _prepare(cos, targ, check=True):
+    "Checked `cos` as a float32 (or float64) plain tensor and `targ` as int64; values checked as `check` says"
     _check_inputs(cos, targ)
-    cos,targ = cos.as_subclass(Tensor),targ.as_subclass(Tensor).long()
-    return cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos,targ
+    if type(cos) is not Tensor: cos = cos.as_subclass(Tensor)
+    if type(targ) is not Tensor: targ = targ.as_subclass(Tensor)
+    host = check == 'host' or check is True and cos.device.type == 'cpu' and not torch.compiler.is_compiling()
+    if host: _check_values(cos, targ)
+    elif check: _assert_values(cos, targ)
+    return cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos,targ.long()
 
 def _per_sample(m, name, cos, targ):
     "`m` as `target_logit` takes it: a float, or each sample's margin from a tensor of one margin per class"
@@ -111,10 +135,11 @@ def margin_logits(
     m3:float|Tensor=0., # CosFace additive cosine margin, or a tensor of C margins, one per class
     easy_margin:bool=False, # ArcFace's easy margin: keep cos θ wherever cos θ <= 0
     detach_margin:bool=False, # same values, gradient of s·cos θ (InsightFace/OpenSphere trick)
+    check:bool|str=True, # check `targ` and `cos` values: True (on the host on a CPU, on the device elsewhere), 'host', 'device' or False
 ) -> Tensor:
     "Float32 logits of eq. (4): s·(cos(m1·θ_y + m2) − m3) for each target, s·cos θ_j elsewhere"
     check_margins(s, m1, m2, m3)
-    cos,targ = _prepare(cos, targ)
+    cos,targ = _prepare(cos, targ, _check_mode(check))
     rows = torch.arange(len(targ), device=cos.device)
     cos_y = cos[rows, targ]
     t = _psi(cos_y, m1, _per_sample(m2, 'm2', cos, targ), _per_sample(m3, 'm3', cos, targ), easy_margin)
@@ -123,36 +148,50 @@ def margin_logits(
     return logits.index_put_((rows, targ), t*s)
 
 # %% ../nbs/00_losses.ipynb #5157f511
-def _target_and_slope(cos_y, m1, m2, m3, easy_margin, detach_margin, slope):
-    "`target_logit` of `cos_y` (margins: floats or one per sample) as `margin_logits` takes it, and (if `slope`) dψ/dcos, by autograd on these N values"
-    with torch.enable_grad() if slope else torch.no_grad():
-        c = cos_y.detach().requires_grad_(slope)
-        t = _psi(c, m1, m2, m3, easy_margin)
-        if detach_margin: t = c + (t - c).detach()
-        return t.detach(),(torch.autograd.grad(t.sum(), c)[0] if slope else None)  # ψ acts elementwise: d(Σψ)/dc is dψ/dc
+def _dacos(c):
+    "−d`_safe_acos`/dc: 1/√(1 − c²), and 0 where `_safe_acos` clamps c (|c| > 1 − ε)"
+    return torch.where(c.abs() <= 1 - _ACOS_EPS, torch.rsqrt(1 - c*c), 0.)
+
+def _psi_slope(c, m1, m2, m3, easy_margin):
+    "`_psi` of the target cosines `c` and its derivative dψ/dc (`None`: 1), in closed form: no autograd, a few elementwise kernels"
+    per = isinstance(m2, Tensor)
+    if m1 == 1 and not per and m2 == 0: psi,d = c,None
+    else:
+        theta = torch.acos(c.clamp(-1, 1))
+        a = theta + m2 if m1 == 1 else m1*theta + m2
+        if m1 == 1:  # ψ = cos(θ + m2) up to π − m2, dψ/dc = sin(θ + m2)/sin θ; then the fallback c − drop, slope 1
+            keep = theta <= math.pi - m2
+            if per: keep &= m2 != 0  # a zero margin is ψ = c exactly, slope 1 at c = ±1 too
+            drop = torch.maximum(m2*torch.sin(m2), 1 - torch.cos(m2)) if per else max(m2*math.sin(m2), 1-math.cos(m2))
+            psi,d = torch.where(keep, torch.cos(a), c - drop),torch.where(keep, torch.sin(a)*_dacos(c), 1.)
+        else:  # ψ = (−1)^k cos(m1θ + m2) − 2k, dψ/dc = (−1)^k m1 sin(m1θ + m2)/sin θ
+            k = torch.floor(a/math.pi)
+            sign = 1 - 2*(k % 2)
+            psi,d = sign*torch.cos(a) - 2*k,sign*m1*torch.sin(a)*_dacos(c)
+    if easy_margin: psi,d = torch.where(c > 0, psi, c),(torch.where(c > 0, d, 1.) if d is not None else None)
+    return (psi if isinstance(m3, float) and m3 == 0 else psi - m3),d
 
 class _MarginCE(torch.autograd.Function):
     "Per-sample cross-entropy of `margin_logits`: one N×C buffer forward (the softmax, in place), one backward"
     @staticmethod
     def forward(ctx, cos, targ, s, m1, m2, m3, easy_margin, detach_margin):
-        rows = torch.arange(len(targ), device=cos.device)
-        t,dt = _target_and_slope(cos[rows, targ], m1, m2, m3, easy_margin, detach_margin, ctx.needs_input_grad[0])
-        p = cos*s
-        p[rows, targ] = t*s
+        ty = targ[:,None]
+        t,dt = _psi_slope(cos.gather(1, ty)[:,0], m1, m2, m3, easy_margin)
+        ts = t*s
+        p = (cos*s).scatter_(1, ty, ts[:,None])
         mx = p.amax(1, keepdim=True)
         z = p.sub_(mx).exp_().sum(1, keepdim=True)
-        ctx.save_for_backward(p.div_(z), targ, dt)
+        ctx.save_for_backward(p.div_(z), targ, None if detach_margin else dt)
         ctx.s = s
-        return (mx + z.log()).squeeze(1) - t*s  # logsumexp − target logit
+        return (mx + z.log())[:,0] - ts  # logsumexp − target logit
 
     @staticmethod
     def backward(ctx, g):
         if torch.is_grad_enabled(): raise RuntimeError("CombinedMarginLoss has a hand-written backward that is not differentiable: double backward (create_graph=True) is not supported")
         p,targ,dt = ctx.saved_tensors
-        rows,gs = torch.arange(len(targ), device=p.device),g*ctx.s
-        gc = p*gs[:,None]
-        gc[rows, targ] = (p[rows, targ] - 1)*gs*dt  # the target logit is s·ψ(cos θ_y)
-        return gc,*[None]*7
+        ty,gs = targ[:,None],(g*ctx.s)[:,None]
+        gy = (p.gather(1, ty) - 1)*gs  # the target logit is s·ψ(cos θ_y): times dψ/dc
+        return (p*gs).scatter_(1, ty, gy if dt is None else gy*dt[:,None]),*[None]*7
 
 # %% ../nbs/00_losses.ipynb #f1e08d2d
 class CombinedMarginLoss(nn.Module):
@@ -166,6 +205,7 @@ class CombinedMarginLoss(nn.Module):
         easy_margin:bool=False, # ArcFace's easy margin: keep cos θ wherever cos θ <= 0
         detach_margin:bool=False, # same values, gradient of s·cos θ (InsightFace/OpenSphere trick)
         reduction:str='mean', # 'mean', 'sum' or 'none'
+        check:bool|str=True, # check `targ` and `cos` values: True (on the host on a CPU, on the device elsewhere), 'host', 'device' or False
     ):
         super().__init__()
         store_attr()
@@ -174,6 +214,7 @@ class CombinedMarginLoss(nn.Module):
         "Check every margin and `reduction` when set (at construction, by `MarginScheduler`, by hand), not at every step"
         if name == 'reduction' and value not in ('mean', 'sum', 'none'):
             raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {value!r}")
+        if name == 'check': _check_mode(value)
         if name in ('s', 'm1', 'm2', 'm3'):
             check_margins(**{name: value})
             if isinstance(value, Tensor): value = value.detach().clone()
@@ -188,7 +229,7 @@ class CombinedMarginLoss(nn.Module):
         return _per_sample(m, name, cos, targ)
 
     def forward(self, cos:Tensor, targ:Tensor) -> Tensor:
-        cos,targ = _prepare(cos, targ)
+        cos,targ = _prepare(cos, targ, getattr(self, 'check', True))  # getattr: losses pickled before `check` existed
         loss = _MarginCE.apply(cos, targ, self.s, self.m1, self._margin('m2', cos, targ), self._margin('m3', cos, targ), self.easy_margin, self.detach_margin)
         return loss.mean() if self.reduction == 'mean' else loss.sum() if self.reduction == 'sum' else loss
 
@@ -196,7 +237,7 @@ class CombinedMarginLoss(nn.Module):
     def decodes(self, cos:Tensor) -> Tensor: return cos.argmax(dim=-1)
     def extra_repr(self):
         fmt = lambda m: f"tensor of {len(m)} in [{m.min().item():.3g}, {m.max().item():.3g}]" if isinstance(m, Tensor) else m
-        return f"s={self.s}, m1={self.m1}, m2={fmt(self.m2)}, m3={fmt(self.m3)}" + ", easy_margin=True"*self.easy_margin + ", detach_margin=True"*self.detach_margin
+        return f"s={self.s}, m1={self.m1}, m2={fmt(self.m2)}, m3={fmt(self.m3)}" + ", easy_margin=True"*self.easy_margin + ", detach_margin=True"*self.detach_margin + (f", check={self.check!r}" if getattr(self, 'check', True) is not True else "")
 
 # %% ../nbs/00_losses.ipynb #cb0373f6
 @delegates(CombinedMarginLoss, but=['m1', 'm2', 'm3'])

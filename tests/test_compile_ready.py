@@ -39,7 +39,7 @@ def step(head, loss, x, y, fn=None):
     head.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_()
     l = (fn or (lambda x, y: loss(head(x), y)))(x, y)
-    (l*torch.linspace(.5, 1.5, l.numel()).view(l.shape)).sum().backward()  # any upstream gradient, for reduction='none'
+    (l*(torch.linspace(.5, 1.5, l.numel()) if l.ndim else 1.)).sum().backward()  # any upstream gradient, for reduction='none'
     return l.detach(), x.grad, head.weight.grad
 
 
@@ -103,7 +103,7 @@ def test_changing_margin_does_not_recompile_each_step():
     from torch._dynamo.utils import counters
     head, x, y = batch()
     loss = CombinedMarginLoss(m2=.1)
-    fn = torch.compile(lambda x, y: loss(head(x), y), fullgraph=True, backend='aot_eager', dynamic=False)
+    fn = torch.compile(lambda x, y: loss(head(x), y), fullgraph=True, backend='aot_eager')  # dynamic=None: floats too
     for m in torch.linspace(.1, .5, 6).tolist():
         loss.m2 = m
         l = fn(x, y)
