@@ -80,9 +80,19 @@ def fit_sharded():
     res['sharded'] = dict(weights=flat(learn.model, head.weight), block=head.weight.detach().clone(), start=head.start,
                           values=values, preds=preds, targs=targs)
 
+def fit_openset():
+    "`OpenSetMetrics` under `distrib_ctx`: the unseen classes' loader is scored whole on every rank"
+    from cosine_losses.openset import open_set_dls, OpenSetMetrics
+    dls = open_set_dls(mnist_dls(mnist, n_train=512, n_valid=400), seen=5, bs=64)
+    set_seed(0)
+    learn = cosine_learner(dls, m2=.3, cbs=OpenSetMetrics())
+    with learn.distrib_ctx(): learn.fit(1, 1e-3)
+    res['openset'] = dict(state=learn.model.state_dict(), values=learn.recorder.values[-1], names=learn.recorder.metric_names)
+
 if __name__ == '__main__':
     dist.init_process_group('gloo')
     margins()
     fit_plain()
     fit_sharded()
+    fit_openset()
     torch.save(res, out/f'rank{dist.get_rank()}.pt')

@@ -147,3 +147,17 @@ def test_sharded_head_errors():
     h = ShardedArcFaceHead(4, 10, rank=1, world_size=2)
     assert (h.start, h.stop, h.weight.shape) == (5, 10, (5, 4))
     with pytest.raises(RuntimeError, match='unsharded'): h(torch.randn(3, 4))  # block 1 of 2, but there is one process
+
+def test_openset_metrics_score_every_unseen_item(ranks, real_mnist):
+    "distrib_ctx shards train and valid only: each rank scores the whole unseen set, as one process does with the same weights"
+    from cosine_losses.openset import open_set_dls, open_set_metrics, embed
+    _,res = ranks
+    a,b = res[0]['openset'],res[1]['openset']
+    assert [float(v) for v in a['values']] == pytest.approx([float(v) for v in b['values']], nan_ok=True)
+    dls = open_set_dls(mnist_dls(real_mnist, n_train=512, n_valid=400), seen=5, bs=64)
+    learn = cosine_learner(dls, m2=.3)
+    learn.model.load_state_dict(a['state'])
+    scores = open_set_metrics(*embed(learn.model, dls.unseen))
+    keys = a['names'][-5:-1]  # the columns before 'time'
+    assert keys == ['precision_at_1', 'map_at_r', 'tar_at_far_1e-3', 'roc_auc']
+    assert [float(v) for v in a['values'][-4:]] == pytest.approx([scores[k] for k in keys], rel=1e-5, nan_ok=True)
