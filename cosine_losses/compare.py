@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib, random, time
 from fastai.vision.all import *
 from .losses import check_margins
+from .family import FAMILY_PRESETS
 from .learner import cosine_learner, softmax_learner
 from .data import mnist_dls
 from .openset import OpenSetDataLoaders, OpenSetMetrics, OPEN_SET_KEYS, tar_at_far, plot_roc
@@ -22,10 +23,11 @@ PRESETS = {'softmax': None, 'arcface': dict(m2=.5), 'cosface': dict(m2=0., m3=.3
            'combined': dict(m2=.4, m3=.2)}
 
 def parse_loss(spec:str) -> dict|None:
-    "`None` for 'softmax', else the `cosine_learner` margins of a preset or of a spec like 'm1=1,m2=0.45,m3=0.1,s=30'"
+    "`None` for 'softmax', `{'preset': name}` for a loss of the family, else the margins of a preset or of a spec like 'm1=1,m2=0.45,m3=0.1,s=30'"
     if spec in PRESETS: return PRESETS[spec]
+    if spec in FAMILY_PRESETS: return dict(preset=spec)
     try: kw = {k.strip(): float(v) for k,v in (p.split('=') for p in spec.split(','))}
-    except ValueError: raise ValueError(f"loss {spec!r}: expected one of {list(PRESETS)} or margins like 'm1=1,m2=0.45,m3=0.1,s=30'") from None
+    except ValueError: raise ValueError(f"loss {spec!r}: expected one of {[*PRESETS, *FAMILY_PRESETS]} or margins like 'm1=1,m2=0.45,m3=0.1,s=30'") from None
     bad = [k for k in kw if k not in ('m1', 'm2', 'm3', 's', 'fallback')]
     if bad: raise ValueError(f"loss {spec!r}: unknown margin {bad}; use m1, m2, m3, s (and fallback=0 to reproduce code without it)")
     if kw.get('fallback', 1.) not in (0., 1.): raise ValueError(f"loss {spec!r}: fallback must be 0 or 1")
@@ -46,6 +48,7 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, **kwargs)
     "`softmax_learner` or `cosine_learner` for the loss named by `loss`, with random initial weights"
     cfg = parse_loss(loss)
     if cfg is None: return softmax_learner(dls, arch, emb_size=emb_size, pretrained=False, **kwargs)
+    if 'preset' in cfg: return cosine_learner(dls, arch, emb_size=emb_size, pretrained=False, **FAMILY_PRESETS[cfg['preset']](dls), **kwargs)
     if not cfg.get('fallback', 1.): cfg = {k: v for k,v in cfg.items() if k != 'fallback'}; kwargs['loss_func'] = NoFallbackLoss(**{'s': 30., **cfg})
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=False, **cfg, **kwargs)
 

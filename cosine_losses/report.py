@@ -27,17 +27,20 @@ def paper_table() -> pd.DataFrame:
 # %% ../nbs/07_report.ipynb #a2dc714a
 def sweep_results(study:optuna.Study) -> pd.DataFrame:
     "One row per finished run: configuration, seed, final accuracy and open-set scores (%), and accuracy per epoch"
-    rows = [dict(kind=t.params['kind'], m1=t.params.get('m1', np.nan), m2=t.params.get('m2', np.nan), m3=t.params.get('m3', np.nan),
+    rows = [dict(kind=t.params['kind'], preset=t.params.get('preset', ''), m1=t.params.get('m1', np.nan), m2=t.params.get('m2', np.nan), m3=t.params.get('m3', np.nan),
                  s=t.params.get('s', np.nan), seed=t.params.get('seed', 0), accuracy=t.value*100, epochs=len(t.user_attrs['accuracy']),
                  **{k: t.user_attrs[k][-1]*100 for k in OPEN_SET_KEYS if k in t.user_attrs},
                  per_epoch=[a*100 for a in t.user_attrs['accuracy']], sec_per_epoch=np.mean(t.user_attrs['seconds']))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if 'accuracy' in t.user_attrs]
     df = pd.DataFrame(rows)
-    if len(df): df['config'] = [config_name(SOFTMAX if r.kind == 'softmax' else margin_config(r.m1, r.m2, r.m3, r.s)) for r in df.itertuples()]
+    if len(df): df['config'] = [_config(r) for r in df.itertuples()]
     return df
+
+def _config(r): return config_name(SOFTMAX if r.kind == 'softmax' else dict(kind='preset', preset=r.preset) if r.kind == 'preset' else margin_config(r.m1, r.m2, r.m3, r.s))
 
 def _paper_acc(r, pt, epochs):
     "The paper's accuracy for this configuration after `epochs` epochs, if it has one"
+    if r.kind == 'preset': return np.nan
     q = pt[(pt.epochs == epochs) & (pt.method == 'softmax')] if r.kind == 'softmax' else pt[
         (pt.epochs == epochs) & (pt.method != 'softmax') & np.isclose(pt.m1.fillna(1), r.m1) & np.isclose(pt.m2.fillna(0), r.m2) & np.isclose(pt.m3.fillna(0), r.m3)]
     return q.accuracy.iloc[0] if len(q) else np.nan
@@ -48,7 +51,8 @@ def summarize_sweep(
     paper_epochs:int=None, # show the paper's runs of this many epochs, in a column `paper_e{paper_epochs}`; default the same epochs, as `paper`
 ) -> pd.DataFrame:
     "Mean ± std (%) over seeds per configuration (accuracy and open-set scores), seeds, worst run, and the paper's number"
-    keys = ['kind', 'm1', 'm2', 'm3', 's', 'epochs']
+    keys = ['kind', 'preset', 'm1', 'm2', 'm3', 's', 'epochs']
+    res = res.assign(preset=res.preset.fillna('') if 'preset' in res else '')  # runs.csv from before presets has no such column
     g = res.groupby(keys, dropna=False, sort=True)
     summ = pd.DataFrame(dict(mean=g.accuracy.mean(), std=g.accuracy.std(ddof=1), n=g.accuracy.count(), worst=g.accuracy.min()))
     for k in OPEN_SET_KEYS:
@@ -59,8 +63,8 @@ def summarize_sweep(
     if rank is not None:
         if rank not in ('mean', 'accuracy', *OPEN_SET_KEYS) or (rank != 'accuracy' and rank not in summ): raise ValueError(f"cannot rank by {rank!r}: choose 'accuracy' or a recorded open-set score ({[k for k in OPEN_SET_KEYS if k in summ]})")
         summ = summ.sort_values('mean' if rank == 'accuracy' else rank, ascending=rank == 'eer', ignore_index=True)
-    else: summ = pd.concat([summ[summ.kind == 'softmax'], summ[summ.kind != 'softmax'].sort_values(['m1', 'm3', 'm2', 's', 'epochs'])], ignore_index=True)
-    summ.insert(0, 'config', [config_name(SOFTMAX if r.kind == 'softmax' else margin_config(r.m1, r.m2, r.m3, r.s)) for r in summ.itertuples()])
+    else: summ = pd.concat([summ[summ.kind == 'softmax'], summ[summ.kind == 'margin'].sort_values(['m1', 'm3', 'm2', 's', 'epochs']), summ[summ.kind == 'preset']], ignore_index=True)
+    summ.insert(0, 'config', [_config(r) for r in summ.itertuples()])
     return summ
 
 # %% ../nbs/07_report.ipynb #77c865c1

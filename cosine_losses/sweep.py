@@ -12,11 +12,12 @@ from fastcore.script import call_parse
 import optuna
 from optuna.trial import TrialState
 from .compare import train_one
+from .family import FAMILY_PRESETS
 from .data import mnist_dls
 
 # %% auto #0
-__all__ = ['SOFTMAX', 'GRIDS', 'margin_config', 'config_name', 'product_grid', 'paper_grid', 'open_study', 'job_params',
-           'suggest_config', 'margin_sweep', 'margin_search']
+__all__ = ['SOFTMAX', 'GRIDS', 'margin_config', 'preset_config', 'config_name', 'product_grid', 'paper_grid', 'open_study',
+           'job_params', 'suggest_config', 'margin_sweep', 'margin_search']
 
 # %% ../nbs/06_sweep.ipynb #decdd045
 def margin_config(m1=1., m2=0., m3=0., s=30.) -> dict:
@@ -25,13 +26,19 @@ def margin_config(m1=1., m2=0., m3=0., s=30.) -> dict:
 
 SOFTMAX = dict(kind='softmax')
 
-def config_name(c:dict) -> str:
-    "'softmax', or the margins as a `train_one` loss spec"
-    return 'softmax' if c['kind'] == 'softmax' else ','.join(f'{k}={c[k]:g}' for k in ('m1', 'm2', 'm3', 's'))
+def preset_config(name:str) -> dict:
+    "A configuration of a loss of the family, by its name in `FAMILY_PRESETS`"
+    if name not in FAMILY_PRESETS: raise ValueError(f"unknown preset {name!r}: choose from {list(FAMILY_PRESETS)}")
+    return dict(kind='preset', preset=name)
 
-def product_grid(m1=(1.,), m2=(0.5,), m3=(0.,), s=(30.,), softmax=True) -> list:
-    "Every combination of the margin lists, with the softmax baseline first if `softmax`"
-    return [SOFTMAX]*softmax + [margin_config(*c) for c in itertools.product(m1, m2, m3, s)]
+def config_name(c:dict) -> str:
+    "'softmax', the preset's name, or the margins as a `train_one` loss spec"
+    if c['kind'] in ('softmax', 'preset'): return c.get('preset', 'softmax')
+    return ','.join(f'{k}={c[k]:g}' for k in ('m1', 'm2', 'm3', 's'))
+
+def product_grid(m1=(1.,), m2=(0.5,), m3=(0.,), s=(30.,), softmax=True, presets=()) -> list:
+    "Every combination of the margin lists, with the softmax baseline first if `softmax`, and the family's `presets` last"
+    return [SOFTMAX]*softmax + [margin_config(*c) for c in itertools.product(m1, m2, m3, s)] + [preset_config(p) for p in presets]
 
 def paper_grid(s=30., softmax=True) -> list:
     "Table 1 of the paper: ArcFace m2 = 0.40…0.59, combined m2 = 0.40…0.44 × m3 = 0.20…0.35 (m1 = 1)"
@@ -59,8 +66,9 @@ def job_params(config:dict, seed:int) -> dict: return {**config, 'seed': int(see
 
 def suggest_config(trial, space=_SPACE) -> tuple:
     "The trial's configuration and seed, suggested from `space` (fixed when the trial was enqueued)"
-    kind = trial.suggest_categorical('kind', ['softmax', 'margin'])
-    c = SOFTMAX if kind == 'softmax' else margin_config(**{k: trial.suggest_float(k, *space[k]) for k in ('m1', 'm2', 'm3', 's')})
+    kind = trial.suggest_categorical('kind', ['softmax', 'margin', 'preset'])
+    if kind == 'preset': c = preset_config(trial.suggest_categorical('preset', list(FAMILY_PRESETS)))
+    else: c = SOFTMAX if kind == 'softmax' else margin_config(**{k: trial.suggest_float(k, *space[k]) for k in ('m1', 'm2', 'm3', 's')})
     return c,trial.suggest_int('seed', 0, 10**6)
 
 # %% ../nbs/06_sweep.ipynb #d09ab778
