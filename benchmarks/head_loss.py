@@ -7,6 +7,8 @@ C classes. Contenders (all ArcFace m=0.5, s=30 except the plain softmax baseline
 - ours:      `ArcFaceHead(d, C)` + `CombinedMarginLoss(s=30, m2=0.5)`
 - naive:     the straightforward formulation: normalise the C×d centres every step, margin a full one-hot copy of the logits
 - pml:       pytorch-metric-learning's `ArcFaceLoss` (margin in degrees: 28.65° = 0.5 rad), if it is installed
+- on request (--contenders): ours_host / ours_device / ours_nocheck, ours with `check='host'`, `'device'`, `False`; and
+  linear_ce_compiled / ours_compiled, the step function `torch.compile`d (inductor, fullgraph)
 
 Time: every contender runs in the same process, interleaved (the order rotates every repeat), one sample being the mean
 of enough steps to last ~50 ms; we report the median of `--repeats` samples. Memory: each (contender, C) runs in a fresh
@@ -17,6 +19,8 @@ allocator effects included: tensors over 32 MB are always their own mappings, re
 
     python benchmarks/head_loss.py                      # C = 10, 1000, 100000, 1 thread
     python benchmarks/head_loss.py --C 100000 --repeats 11 --threads 2
+    python benchmarks/head_loss.py --C 1000 100000 --contenders linear_ce ours ours_device ours_nocheck --no-memory
+    python benchmarks/head_loss.py --checks            # the input checks alone, per step
 """
 from __future__ import annotations
 import argparse, contextlib, gc, json, math, os, statistics, subprocess, sys, time
@@ -33,11 +37,20 @@ def linear_ce(C, d, device='cpu'):
     lin = nn.Linear(d, C, bias=False, device=device)
     return lin, lambda x, y: F.cross_entropy(lin(x), y)
 
-def ours(C, d, device='cpu'):
+def ours(C, d, device='cpu', **kw):
     from cosine_losses.heads import ArcFaceHead
     from cosine_losses.losses import CombinedMarginLoss
-    head,loss = ArcFaceHead(d, C).to(device),CombinedMarginLoss(s=S, m2=M)
+    head,loss = ArcFaceHead(d, C).to(device),CombinedMarginLoss(s=S, m2=M, **kw)
     return head, lambda x, y: loss(head(x), y)
+
+def compiled(make):
+    "`make`'s step function compiled with `torch.compile` (inductor; forward and backward graphs, fullgraph)"
+    def build(C, d, device='cpu'):
+        import torch._dynamo
+        torch._dynamo.reset()
+        mod,f = make(C, d, device)
+        return mod, torch.compile(f, fullgraph=True, dynamic=False)
+    return build
 
 def naive_loss(x, w, y, s=S, m=M):
     "The straightforward ArcFace: normalised centres every step, margin applied through a full (N, C) one-hot copy"
@@ -61,7 +74,12 @@ def have_pml():
     try: import pytorch_metric_learning; return True
     except ImportError: return False
 
-CONTENDERS = dict(linear_ce=linear_ce, ours=ours, naive=naive, pml=pml)
+CONTENDERS = dict(linear_ce=linear_ce, ours=ours, naive=naive, pml=pml,
+                  ours_host=lambda C, d, device='cpu': ours(C, d, device, check='host'),  # checks read back to the host
+                  ours_device=lambda C, d, device='cpu': ours(C, d, device, check='device'),  # one device-side assertion
+                  ours_nocheck=lambda C, d, device='cpu': ours(C, d, device, check=False),
+                  linear_ce_compiled=compiled(linear_ce), ours_compiled=compiled(ours))
+DEFAULT = ['linear_ce', 'ours', 'naive', 'pml']
 
 def inputs(N, d, C, device='cpu', seed=0):
     g = torch.Generator(device='cpu').manual_seed(seed)
@@ -124,6 +142,18 @@ def peak_mem(name, N, d, C, threads):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])['peak']
 
+# ---------------------------------------------------------------- input checks
+def time_checks(N, C, reps=20):
+    "Milliseconds the loss's input checks take alone: host (`check='host'`, CPU default) and device-side (`'device'`)"
+    from cosine_losses.losses import _check_values, _assert_values
+    cos,y = torch.rand(N, C)*2 - 1,torch.randint(0, C, (N,))
+    res = {}
+    for nm,f in ('host', _check_values), ('device', _assert_values):
+        f(cos, y); t = time.perf_counter()
+        for _ in range(reps): f(cos, y)
+        res[nm] = (time.perf_counter() - t)/reps*1e3
+    return res
+
 # ---------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -132,19 +162,26 @@ def main(argv=None):
     p.add_argument('--d', type=int, default=512, help='feature size')
     p.add_argument('--repeats', type=int, default=7, help='timed samples per contender (median reported)')
     p.add_argument('--threads', type=int, default=1, help='torch.set_num_threads')
-    p.add_argument('--contenders', nargs='+', default=list(CONTENDERS), choices=list(CONTENDERS))
+    p.add_argument('--contenders', nargs='+', default=DEFAULT, choices=list(CONTENDERS),
+                   help="also: ours_host, ours_device, ours_nocheck (the `check=` choices), linear_ce_compiled, ours_compiled (torch.compile)")
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory subprocesses')
+    p.add_argument('--checks', action='store_true', help="time the loss's input checks alone (check='host' and 'device'), then exit")
     p.add_argument('--_child', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._child:
         print(json.dumps(dict(peak=_peak_child(a._child, a.N, a.d, a.C[0], a.threads)))); return
     torch.set_num_threads(a.threads)
+    if a.checks:
+        for C in a.C:
+            r = time_checks(a.N, C)
+            print(f"C={C:>7}: input checks host {r['host']:7.2f} ms, device-side {r['device']:7.2f} ms a step")
+        return
     names = [n for n in a.contenders if n != 'pml' or have_pml()]
     if 'linear_ce' not in names: names.insert(0, 'linear_ce')
     if len(names) < len(a.contenders) + ('linear_ce' not in a.contenders): print('pytorch-metric-learning is not installed: skipping pml')
     print(f"torch {torch.__version__}, float32, CPU, {a.threads} thread(s), N={a.N}, d={a.d}, ArcFace m=0.5 s=30, "
           f"median of {a.repeats}" + ("" if a.no_memory else "; memory: peak RSS growth of one step, fresh process each"))
-    print(f"{'C':>7} {'contender':<10} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6}")
+    print(f"{'C':>7} {'contender':<12} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6}")
     res = {}
     for C in a.C:
         ts = time_all(names, a.N, a.d, C, a.repeats)
@@ -152,7 +189,7 @@ def main(argv=None):
         for nm in names:
             # below a few MiB the figures are at page resolution and malloc's heap: no ratio
             mem = f"{ms[nm]/2**20:9.1f} " + (f"{ms[nm]/ms['linear_ce']:6.2f}" if ms['linear_ce'] >= 2**21 else f"{'-':>6}") if ms else f"{'-':>9} {'-':>6}"
-            print(f"{C:>7} {nm:<10} {ts[nm]*1e3:9.2f} {ts[nm]/ts['linear_ce']:7.2f} {mem}", flush=True)
+            print(f"{C:>7} {nm:<12} {ts[nm]*1e3:9.2f} {ts[nm]/ts['linear_ce']:7.2f} {mem}", flush=True)
         res[C] = dict(time=ts, mem=ms)
     if 'ours' in names and 100000 in a.C:
         C = 100000

@@ -109,13 +109,16 @@ def _check_mode(check):
     if not (isinstance(check, bool) or check in ('host', 'device')): raise ValueError(f"`check` must be True, False, 'host' or 'device', got {check!r}")
     return check
 
+def _on_host(check, t:Tensor) -> bool:
+    "Whether `check` means checking values on the host for tensor `t`: always for 'host'; for True, on a CPU outside `torch.compile`"
+    return check == 'host' or check is True and t.device.type == 'cpu' and not torch.compiler.is_compiling()
+
 def _prepare(cos, targ, check=True):
     "Checked `cos` as a float32 (or float64) plain tensor and `targ` as int64; values checked as `check` says"
     _check_inputs(cos, targ)
     if type(cos) is not Tensor: cos = cos.as_subclass(Tensor)
     if type(targ) is not Tensor: targ = targ.as_subclass(Tensor)
-    host = check == 'host' or check is True and cos.device.type == 'cpu' and not torch.compiler.is_compiling()
-    if host: _check_values(cos, targ)
+    if _on_host(check, cos): _check_values(cos, targ)
     elif check: _assert_values(cos, targ)
     return cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos,targ.long()
 

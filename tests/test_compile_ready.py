@@ -109,3 +109,49 @@ def test_changing_margin_does_not_recompile_each_step():
         l = fn(x, y)
         torch.testing.assert_close(l, CombinedMarginLoss(m2=m)(head(x), y))
     assert counters['stats']['unique_graphs'] <= 2
+
+
+def test_fullgraph_per_class_margins():
+    "Per-class m2 and m3 (tensors of C margins) trace as the scalar margins do"
+    head, x, y = batch()
+    check(head, CombinedMarginLoss(m2=torch.linspace(0., .5, 12), m3=torch.full((12,), .1)), x, y, 'aot_eager')
+
+
+def test_fullgraph_head_with_norms():
+    "`ArcFaceHead(norms=True)` attaches the feature norms to its output inside the graph"
+    head, x, y = batch()
+    head.norms = True
+    check(head, CombinedMarginLoss(), x, y, 'aot_eager')
+
+
+def test_check_device_under_compile_raises_on_cpu():
+    "Under torch.compile the checks are a device-side assertion: on a CPU it still stops the step, with its message"
+    head, x, y = batch()
+    loss = CombinedMarginLoss()
+    fn = torch.compile(lambda x, y: loss(head(x), y), fullgraph=True, backend='aot_eager', dynamic=False)
+    fn(x, y)
+    with pytest.raises(RuntimeError, match=r"class indices in \[0, 12\)"): fn(x, torch.where(y == y[0], 12, y))
+
+
+def _family():
+    try: from cosine_losses import family as fm
+    except ImportError: return []
+    norms_fix = pytest.mark.xfail(strict=True, reason="family's `_norms_of` reads the norms back to the host (a graph break): "
+                                  "check them with `losses._on_host` / `torch._assert_async` as `_prepare` does")
+    return [pytest.param(lambda: fm.CurricularFaceLoss(s=30.), False, id='curricularface'),
+            pytest.param(lambda: fm.ElasticFaceLoss(s=30.), False, id='elasticface'),
+            pytest.param(lambda: fm.ElasticFaceLoss(s=30., kind='cos', plus=True), False, id='elasticface-cos-plus'),
+            pytest.param(lambda: fm.AdaFaceLoss(s=30.), True, id='adaface', marks=norms_fix),
+            pytest.param(lambda: fm.MagFaceLoss(s=30.), True, id='magface', marks=norms_fix)]
+
+@pytest.mark.parametrize('make,norms', _family())
+def test_fullgraph_family(make, norms):
+    "The losses of `cosine_losses.family` (if present): one graph, forward and backward, and the values of eager mode"
+    head, x, y = batch()
+    head.norms = norms
+    eager_loss, comp_loss = make(), make()   # two copies: running statistics move with every training step
+    torch.manual_seed(1); eager = step(head, eager_loss, x, y)
+    fn = torch.compile(lambda x, y: comp_loss(head(x), y), fullgraph=True, backend='aot_eager', dynamic=False)
+    torch.manual_seed(1); got = step(head, comp_loss, x, y, fn)   # ElasticFace draws its margins from the same RNG state
+    for a,b in zip(got, eager): torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a,b in zip(comp_loss.buffers(), eager_loss.buffers()): torch.testing.assert_close(a, b)
