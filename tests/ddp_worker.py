@@ -56,6 +56,23 @@ def margins():
     try: sharded_margin_loss(X[rows], Y[rows]+20, Wc[blk], s=16.)
     except ValueError as e: res['bad_targ'] = str(e)
 
+def ddp_step():
+    "One backward of a Linear body and a sharded head under DDP, rows split 5/3, centres 3/4"
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    r = dist.get_rank()
+    g = torch.Generator().manual_seed(3)
+    X,Wc,Y = torch.randn(8, 5, generator=g),torch.randn(7, 4, generator=g),torch.tensor([0, 6, 2, 2, 5, 1, 6, 3])
+    torch.manual_seed(0)
+    body,head = torch.nn.Linear(5, 4),ShardedArcFaceHead(4, 7, r, 2)
+    with torch.no_grad(): head.weight.copy_(Wc[head.start:head.stop])
+    model = torch.nn.Sequential(body, head)
+    DDP._set_params_and_buffers_to_ignore_for_model(model, ['1.weight'])
+    rows = [slice(0, 5), slice(5, 8)][r]
+    ddp = DDP(model)  # kept: its reducer averages the body's gradients during backward
+    loss = ShardedMarginLoss(head, s=16., m1=1.1, m2=.3, m3=.1)(ddp(X[rows]), Y[rows])
+    loss.backward()
+    res['ddp_step'] = (loss.item(), body.weight.grad, body.bias.grad, head.weight.grad)
+
 def fit_plain():
     "`cosine_learner` with our callbacks under `distrib_ctx`"
     dls = mnist_dls(mnist, bs=64, n_train=512, n_valid=301)  # 301: the ranks' shards of the validation set are padded
@@ -92,6 +109,7 @@ def fit_openset():
 if __name__ == '__main__':
     dist.init_process_group('gloo')
     margins()
+    ddp_step()
     fit_plain()
     fit_sharded()
     fit_openset()

@@ -98,6 +98,23 @@ def test_one_process_is_the_plain_loss():
     assert l.item() == pytest.approx(loss, rel=1e-6)
     torch.testing.assert_close(x.grad, gx); torch.testing.assert_close(w.grad, gw)
 
+def test_sharded_loss_under_ddp_gives_the_global_batch_gradient(ranks):
+    "DDP averages the body's gradients over ranks; ShardedMarginLoss scales so the average is one process's on the whole batch"
+    _,res = ranks
+    g = torch.Generator().manual_seed(3)
+    X,Wc,Y = torch.randn(8, 5, generator=g),torch.randn(7, 4, generator=g),torch.tensor([0, 6, 2, 2, 5, 1, 6, 3])
+    torch.manual_seed(0)
+    body,head = torch.nn.Linear(5, 4),ArcFaceHead(4, 7)
+    head.weight.data = Wc.clone()
+    loss = CombinedMarginLoss(s=16., m1=1.1, m2=.3, m3=.1)(head(body(X)), Y)
+    loss.backward()
+    for r,blk in enumerate([slice(0, 3), slice(3, 7)]):
+        l,gw,gb,gc = res[r]['ddp_step']
+        assert l == pytest.approx(loss.item(), rel=1e-5)
+        torch.testing.assert_close(gw, body.weight.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gb, body.bias.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gc, head.weight.grad[blk], rtol=1e-4, atol=1e-6)
+
 def test_ddp_fit_disjoint_shards_identical_weights(ranks):
     _,res = ranks
     a,b = res[0]['plain'],res[1]['plain']
