@@ -94,6 +94,12 @@ def fit_sharded():
         preds,targs = learn.get_preds()
     head = learn.model[-1]
     learn.export(out/'sharded.pkl')
+    learn.path = out
+    learn.save('ckpt')  # all C centres, from rank 0
+    block = head.weight.detach().clone()
+    with torch.no_grad(): head.weight.zero_()
+    learn.load('ckpt', with_opt=False)  # each rank its block again
+    res['reloaded'] = torch.equal(head.weight, block)
     res['sharded'] = dict(weights=flat(learn.model, head.weight), block=head.weight.detach().clone(), start=head.start,
                           values=values, preds=preds, targs=targs)
 

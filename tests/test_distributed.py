@@ -146,7 +146,12 @@ def test_sharded_learner_fit_preds_export(ranks, real_mnist):
     head = learn.model[-1]
     assert type(head) is ArcFaceHead and head.weight.shape == (11, 128) and type(learn.loss_func) is CombinedMarginLoss
     torch.testing.assert_close(head.weight.data, torch.cat([a['block'], b['block']]), rtol=0, atol=0)
+    assert res[0]['reloaded'] and res[1]['reloaded']  # `save` wrote all C centres, `load` gave each rank its block back
+    state = torch.load(out/'models'/'ckpt.pth', weights_only=True)
+    torch.testing.assert_close(state[f'{len(learn.model)-1}.weight'], head.weight.data, rtol=0, atol=0)
     dls = mnist_dls(real_mnist, bs=64, n_train=512, n_valid=301)
+    one = sharded_learner(dls, n_out=11, path=out)  # one process: the checkpoint of 2 loads whole
+    torch.testing.assert_close(one.load('ckpt', with_opt=False).model[-1].weight.data, head.weight.data, rtol=0, atol=0)
     preds,targs = learn.get_preds(dl=dls.valid)
     # under distrib_ctx fastai gathers each batch from both ranks: rank 0's items 0…150, rank 1's 151…300 (and a repeat, dropped)
     order = [j for i in range(3) for r in range(2) for j in range(151*r + 64*i, min(151*r + 64*i + 64, 151*r + 151)) if j < 301]
