@@ -80,7 +80,8 @@ def fit_plain():
     learn = cosine_learner(dls, m2=.3, lr=3e-2, cbs=[AngleStats(), MarginScheduler({'m2': SchedLin(0, .3)})])
     with learn.distrib_ctx(): learn.fit_one_cycle(1, 3e-2)
     res['plain'] = dict(seen=SEEN[:], weights=flat(learn.model), state=learn.model.state_dict(), values=learn.recorder.values[-1],
-                        names=learn.recorder.metric_names, m2=learn.recorder.hps['m2'])
+                        names=learn.recorder.metric_names, m2=learn.recorder.hps['m2'],
+                        sync_bn=any(isinstance(m, torch.nn.SyncBatchNorm) for m in learn.model.modules()))
     SEEN.clear()
 
 def fit_sharded():
