@@ -66,7 +66,7 @@ def bench(device, Cs, repeats, N=256, d=512, compile=True):
             with ctx(): v = f(x, y)
             assert torch.isfinite(v), f"non-finite loss {v.item()} at C={C} under {prec}"
     precs = ('float32', 'fp16', 'bf16')
-    for C,target in (max(Cs), 1.25), (1000, 1.5):
+    for C,target in (100000, 1.25), (1000, 1.5):
         if C not in Cs: continue
         r = [worst[p, C][0] for p in precs]
         print(f"ours/Linear+CE at C={C}: " + ", ".join(f"{p} {v:.2f}×" for p,v in zip(precs, r)) + f" (target ≤ {target}: {'yes' if max(r) <= target else 'NO'})")
@@ -150,7 +150,7 @@ def train(device, path, epochs, lr, quick, compile=False):
     for (kind,prec,comp),(acc,sec) in res.items():
         if kind != 'cosine': continue
         sacc,ssec = res['softmax', prec, comp]
-        print(f"  {prec}{', compiled' if comp else '':<10} cosine {sec:6.2f} s ({acc*100:.2f}%)  softmax {ssec:6.2f} s ({sacc*100:.2f}%)  ratio {sec/ssec:.2f}"
+        print(f"  {prec + (', compiled' if comp else ''):<30} cosine {sec:6.2f} s ({acc*100:.2f}%)  softmax {ssec:6.2f} s ({sacc*100:.2f}%)  ratio {sec/ssec:.2f}"
               + ("" if sec/ssec <= 1.05 else "  ABOVE 1.05"))
 
 def main(argv=None):

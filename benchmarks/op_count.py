@@ -13,6 +13,7 @@ queue drains. Both can be counted on the CPU, where the same Python code runs th
 
     python benchmarks/op_count.py 2>/dev/null       # every margin option, N=256, d=512, C=1000 (stderr: the profiler's log)
     python benchmarks/op_count.py --bf16 --list ours # the forward under bf16 autocast; the operators of one row, in order
+    python benchmarks/op_count.py --compiled --rows linear_ce ours sphereface  # under torch.compile: generated kernels + matmuls
 """
 from __future__ import annotations
 import argparse, contextlib
@@ -47,11 +48,11 @@ def configs():
            'ours_nocheck': (ArcFaceHead, lambda C: L(30, 1, .5, 0, check=False))}
     return res
 
-def step(head, loss, x, y, ctx=contextlib.nullcontext):
+def step(head, loss, x, y, ctx=contextlib.nullcontext, fn=None):
     x.grad = None
     for p in head.parameters(): p.grad = None
-    with record_function('## forward'), ctx(): l = loss(head(x), y)
-    with record_function('## backward'): l.backward()
+    with record_function('op_count:forward'), ctx(): l = (fn or (lambda x, y: loss(head(x), y)))(x, y)
+    with record_function('op_count:backward'): l.backward()
 
 REDUCTIONS = {'aten::sum', 'aten::amax', 'aten::amin', 'aten::any', 'aten::all', 'aten::mean', 'aten::max', 'aten::min'}
 
@@ -66,8 +67,9 @@ def _work(prof):
     res = []
     def walk(ev, phase):
         if _cpu_only(ev): return
-        if ev.name.startswith('## '): phase = ev.name[3:]
+        if ev.name.startswith('op_count:'): phase = ev.name[9:]
         if ev.name == 'aten::_assert_async': res.append((ev.name, phase)); return  # a kernel on a GPU; on a CPU it reads the flag
+        if 'cpp_fused' in ev.name: res.append(('inductor: ' + ev.name.split('cpp_fused_')[-1][:60], phase)); return  # one generated kernel
         i = len(res)
         for k in ev.cpu_children: walk(k, phase)
         if len(res) == i and ev.name.startswith('aten::') and ev.name[6:] not in FREE: res.append((ev.name, phase))
@@ -75,10 +77,16 @@ def _work(prof):
         if ev.cpu_parent is None: walk(ev, None)
     return res
 
-def count(head, loss, x, y, ctx=contextlib.nullcontext):
+def count(head, loss, x, y, ctx=contextlib.nullcontext, compiled=False):
     "Counts of one step (after a warm-up step): operators, in the forward, in the backward, host syncs; and their list"
-    step(head, loss, x, y, ctx)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: step(head, loss, x, y, ctx)
+    fn = None
+    if compiled:  # inductor's generated kernels, each recorded by the profiler under its name
+        import torch._dynamo, torch._inductor.config
+        torch._dynamo.reset()
+        torch._inductor.config.cpp.enable_kernel_profile = True
+        fn = torch.compile(lambda x, y: loss(head(x), y), fullgraph=True, dynamic=False)
+    step(head, loss, x, y, ctx, fn)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof: step(head, loss, x, y, ctx, fn)
     ops = _work(prof)
     work = [(n, ph) for n,ph in ops if n != SYNC]
     return dict(ops=len(work), fwd=sum(ph == 'forward' for _,ph in work), bwd=sum(ph == 'backward' for _,ph in work),
@@ -89,21 +97,24 @@ def main(argv=None):
     p.add_argument('--N', type=int, default=256); p.add_argument('--d', type=int, default=512); p.add_argument('--C', type=int, default=1000)
     p.add_argument('--bf16', action='store_true', help='forward under bf16 autocast, as `to_autocast()`')
     p.add_argument('--list', metavar='ROW', help='print the operators of this row, in order')
+    p.add_argument('--rows', nargs='+', help='only these rows')
+    p.add_argument('--compiled', action='store_true', help='count the kernels of the step under torch.compile (inductor, fullgraph)')
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     ctx = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
-    print(f"torch {torch.__version__}, CPU, N={a.N}, d={a.d}, C={a.C}, {'bf16 autocast' if a.bf16 else 'float32'}; "
+    print(f"torch {torch.__version__}, CPU, N={a.N}, d={a.d}, C={a.C}, {'bf16 autocast' if a.bf16 else 'float32'}{', compiled' if a.compiled else ''}; "
           "one step: head + loss forward, backward into the features and the centres")
     print(f"{'row':<15} {'ops':>5} {'fwd':>5} {'bwd':>5} {'syncs':>6}")
     res = {}
     for nm,(mk,loss) in configs().items():
+        if a.rows and nm not in a.rows: continue
         torch.manual_seed(0)
         head = mk(a.d, a.C)
         if not isinstance(loss, nn.Module):
             try: loss = loss(a.C)
             except (TypeError, ValueError): continue  # an option this version of the library lacks
         x,y = torch.randn(a.N, a.d, requires_grad=True),torch.randint(0, a.C, (a.N,))
-        c,leaves = count(head, loss, x, y, ctx)
+        c,leaves = count(head, loss, x, y, ctx, a.compiled)
         res[nm] = c
         print(f"{nm:<15} {c['ops']:>5} {c['fwd']:>5} {c['bwd']:>5} {c['syncs']:>6}", flush=True)
         if nm == a.list:
