@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/losses.html.md"""
 
 # %% ../nbs/00_losses.ipynb #62eb48dc
 from __future__ import annotations
-import math, numbers
+import functools, math, numbers
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import store_attr
@@ -109,9 +109,15 @@ def _check_mode(check):
     if not (isinstance(check, bool) or check in ('host', 'device')): raise ValueError(f"`check` must be True, False, 'host' or 'device', got {check!r}")
     return check
 
+@functools.cache
+def _device_asserts(device_type:str) -> bool:
+    "Whether `torch._assert_async` has a kernel for this device type (CUDA and ROCm do; MPS and XPU, in torch 2.14, do not)"
+    return torch._C._dispatch_has_kernel_for_dispatch_key('aten::_assert_async.msg', device_type.upper())
+
 def _on_host(check, t:Tensor) -> bool:
-    "Whether `check` means checking values on the host for tensor `t`: always for 'host'; for True, on a CPU outside `torch.compile`"
-    return check == 'host' or check is True and t.device.type == 'cpu' and not torch.compiler.is_compiling()
+    "Whether `check` means checking values on the host for tensor `t`: always for 'host'; for True, on a CPU (or a device with no device-side assertion) outside `torch.compile`"
+    if check == 'host': return True
+    return check is True and not torch.compiler.is_compiling() and (t.device.type == 'cpu' or not _device_asserts(t.device.type))
 
 def _prepare(cos, targ, check=True):
     "Checked `cos` as a float32 (or float64) plain tensor and `targ` as int64; values checked as `check` says"
