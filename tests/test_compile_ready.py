@@ -101,6 +101,7 @@ def test_forward_and_backward_in_one_graph():
 def test_changing_margin_does_not_recompile_each_step():
     "A scheduled margin (`MarginScheduler` sets a new float every batch) costs at most one recompile, not one per value"
     from torch._dynamo.utils import counters
+    counters.clear()   # dynamo's counters are global: count this test's graphs only
     head, x, y = batch()
     loss = CombinedMarginLoss(m2=.1)
     fn = torch.compile(lambda x, y: loss(head(x), y), fullgraph=True, backend='aot_eager')  # dynamic=None: floats too
