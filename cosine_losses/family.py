@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist
 from torch import Tensor
 from fastcore.basics import store_attr
-from .losses import CombinedMarginLoss, _safe_acos, _psi, _prepare, _MarginCE, _is_real
+from .losses import CombinedMarginLoss, _safe_acos, _psi, _prepare, _MarginCE, _is_real, _on_host
 
 # %% auto #0
 __all__ = ['FAMILY_PRESETS', 'dynamic_margins', 'train_labels', 'CurricularFaceLoss', 'AdaFaceLoss', 'ElasticFaceLoss',
@@ -79,7 +79,10 @@ def _norms_of(cos, norms, name):
     if norms is None: raise ValueError(f"{name} needs the feature norms ‖x‖: use `ArcFaceHead(..., norms=True)` (cosine_learner does it for this loss) or pass `norms=`")
     if not isinstance(norms, Tensor) or not norms.is_floating_point(): raise TypeError(f"`norms` must be a floating-point tensor, got {type(norms).__name__}")
     if isinstance(cos, Tensor) and norms.shape != cos.shape[:1]: raise ValueError(f"`norms` must have shape ({cos.shape[0]},), one per row of `cos`, got {tuple(norms.shape)}")
-    if not torch.isfinite(norms).all() or (norms < 0).any(): raise ValueError("`norms` must be finite and non-negative")
+    ok = torch.isfinite(norms).all() & (norms >= 0).all()
+    if _on_host(True, norms):
+        if not ok: raise ValueError("`norms` must be finite and non-negative")
+    else: torch._assert_async(ok, "`norms` must be finite and non-negative")  # no host sync on accelerators, nor under `torch.compile`
     return norms
 
 class _CosineLoss(nn.Module):

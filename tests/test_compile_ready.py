@@ -137,13 +137,11 @@ def test_check_device_under_compile_raises_on_cpu():
 def _family():
     try: from cosine_losses import family as fm
     except ImportError: return []
-    norms_fix = pytest.mark.xfail(strict=True, reason="family's `_norms_of` reads the norms back to the host (a graph break): "
-                                  "check them with `losses._on_host` / `torch._assert_async` as `_prepare` does")
     return [pytest.param(lambda: fm.CurricularFaceLoss(s=30.), False, id='curricularface'),
             pytest.param(lambda: fm.ElasticFaceLoss(s=30.), False, id='elasticface'),
             pytest.param(lambda: fm.ElasticFaceLoss(s=30., kind='cos', plus=True), False, id='elasticface-cos-plus'),
-            pytest.param(lambda: fm.AdaFaceLoss(s=30.), True, id='adaface', marks=norms_fix),
-            pytest.param(lambda: fm.MagFaceLoss(s=30.), True, id='magface', marks=norms_fix)]
+            pytest.param(lambda: fm.AdaFaceLoss(s=30.), True, id='adaface'),
+            pytest.param(lambda: fm.MagFaceLoss(s=30.), True, id='magface')]
 
 @pytest.mark.parametrize('make,norms', _family())
 def test_fullgraph_family(make, norms):
