@@ -18,7 +18,7 @@ then MNIST epochs of `cosine_learner` against `softmax_learner`, in float32 and 
    `to_fp16()` (with `--compile-train`, also compiled with `Learner.compile()`): per-epoch accuracy and seconds, the
    cosine/softmax ratio of the median epoch after the first (target ≤ 1.05); fails if any loss is not finite. On a CPU
    `to_fp16` would be a no-op (fastai's `MixedPrecision` autocasts CUDA only), so there it is `to_autocast()` (bf16).
-   MNIST from `--mnist`, else $COSINE_LOSSES_MNIST, else ../shared/data/mnist beside the repository.
+   MNIST from `--mnist`, else as `mnist_dls` finds it ($COSINE_LOSSES_MNIST, else fastai's download).
 """
 from __future__ import annotations
 import argparse, contextlib, math, os, statistics, sys, time
@@ -96,11 +96,7 @@ def sync_check(device):
         finally: torch.cuda.set_sync_debug_mode('default')
         print(f"  {prec:<8} " + ("no host sync" if err is None else f"HOST SYNC: {err}"))
 
-def mnist_folder(arg):
-    if arg: return arg
-    if os.environ.get('COSINE_LOSSES_MNIST'): return os.environ['COSINE_LOSSES_MNIST']
-    p = Path(__file__).resolve().parents[2]/'shared'/'data'/'mnist'
-    return str(p) if p.is_dir() else None  # None: fastai's download
+def mnist_folder(arg): return arg or None  # None: `mnist_dls` looks in $COSINE_LOSSES_MNIST, then downloads
 
 def train(device, path, epochs, lr, quick, compile=False):
     from fastai.callback.core import Callback
