@@ -114,7 +114,7 @@ def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=Non
         ax.plot(m.index, m, marker='o', label=f'{loss} (n={df.seed.nunique()})')
         ax.fill_between(m.index, m-s, m+s, alpha=.2)
     name = 'test accuracy' if metric == 'accuracy' else f'unseen {_SHOWN.get(metric, metric)}'
-    ax.set(xlabel='epoch', ylabel=f'{name} %', title=ifnone(title, f'{name.capitalize()} per epoch')); ax.grid(alpha=.3); ax.legend()
+    ax.set(xlabel='epoch', ylabel=f'{name} %', title=ifnone(title, f'{name[0].upper()}{name[1:]} per epoch')); ax.grid(alpha=.3); ax.legend()
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return ax.figure
 
