@@ -129,7 +129,10 @@ def margin_sweep(
         missing,n_done,waiting,running = _states(study, jobs)
         if verbose: print(f'{study.study_name}: {n_done}/{len(jobs)} runs done', flush=True)
         for j in missing: study.enqueue_trial(j)
-        if missing or waiting: study.optimize(obj, n_trials=1)
+        if missing or waiting:
+            try: study.optimize(obj, n_trials=1)
+            except ValueError as e:  # SQLite can hand one waiting trial to two workers; whoever tells second finds it finished: the run is in the study once
+                if 'Cannot tell a' not in str(e): raise
         elif running: time.sleep(ifnone(poll, heartbeat))
         else: break
     return study
