@@ -108,11 +108,13 @@ def format_summary(summ:pd.DataFrame) -> str:
 def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=None):
     "`metric` (%) per epoch, mean over seeds with a ±1 std band, one line per loss"
     if ax is None: _,ax = plt.subplots(figsize=(6, 4))
-    for loss,df in res.groupby('loss', sort=False):
+    groups = res.groupby('loss', sort=False)
+    colors = plt.cm.tab10.colors if len(groups) <= 10 else plt.cm.tab20.colors  # one colour per loss
+    for (loss,df),color in zip(groups, colors):
         g = df.groupby('epoch')[metric]
         m,s = g.mean()*100,g.std(ddof=1).fillna(0)*100
-        ax.plot(m.index, m, marker='o', label=f'{loss} (n={df.seed.nunique()})')
-        ax.fill_between(m.index, m-s, m+s, alpha=.2)
+        ax.plot(m.index, m, marker='o', color=color, label=f'{loss} (n={df.seed.nunique()})')
+        ax.fill_between(m.index, m-s, m+s, color=color, alpha=.15)
     name = 'test accuracy' if metric == 'accuracy' else f'unseen {_SHOWN.get(metric, metric)}'
     ax.set(xlabel='epoch', ylabel=f'{name} %', title=ifnone(title, f'{name[0].upper()}{name[1:]} per epoch')); ax.grid(alpha=.3); ax.legend()
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))

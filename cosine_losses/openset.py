@@ -192,10 +192,11 @@ def plot_metrics(self:Recorder,
     plt.tight_layout()
     return axs[0,0].figure
 
-# %% ../nbs/04a_openset.ipynb #741efa83
+# %% ../nbs/04a_openset.ipynb #cce4b9c0
 def plot_roc(rocs:dict, ax=None, title='Verification ROC, unseen classes'):
     "ROC curves {label: (fpr, tpr)} with a log false-accept axis"
     if ax is None: _,ax = plt.subplots(figsize=(5, 4))
-    for k,(fpr,tpr) in rocs.items(): ax.plot(np.maximum(fpr, 1e-6), tpr, label=k)
+    colors = plt.cm.tab10.colors if len(rocs) <= 10 else plt.cm.tab20.colors
+    for (k,(fpr,tpr)),color in zip(rocs.items(), colors): ax.plot(np.maximum(fpr, 1e-6), tpr, color=color, label=k)
     ax.set(xscale='log', xlim=(1e-5, 1), xlabel='false accept rate', ylabel='true accept rate', title=title); ax.grid(alpha=.3); ax.legend()
     return ax.figure
