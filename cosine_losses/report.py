@@ -17,7 +17,7 @@ from .openset import OPEN_SET_KEYS
 
 # %% auto #0
 __all__ = ['paper_table', 'sweep_results', 'summarize_sweep', 'read_runs', 'plot_arcface', 'plot_combined', 'plot_best',
-           'sweep_report', 'class_angles', 'plot_sphere', 'plot_angles', 'sphere_figure']
+           'plot_open_grid', 'sweep_report', 'class_angles', 'plot_sphere', 'plot_angles', 'sphere_figure']
 
 # %% ../nbs/07_report.ipynb #819e6fc9
 def paper_table() -> pd.DataFrame:
@@ -111,15 +111,29 @@ def plot_best(res:pd.DataFrame, n:int=3, ax=None):
     ax.set(xlabel='epoch', ylabel='test accuracy %', title='Best configurations per epoch'); ax.grid(alpha=.3); ax.legend(fontsize=7)
     return ax.figure
 
+# %% ../nbs/07_report.ipynb #9e0b48f8
+def plot_open_grid(res:pd.DataFrame, axs=None, title:str=''):
+    "Unseen MAP@R and precision@1 (%) against ArcFace's m2, one line per s, mean ± std over seeds, for an open-set sweep"
+    if axs is None: _,axs = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax,k in zip(axs, ('map_at_r', 'precision_at_1')):
+        for sc,d in res[res.kind == 'margin'].groupby('s'):
+            m = d.groupby('m2')[k].agg(['mean', 'std'])
+            ax.errorbar(m.index, m['mean'], m['std'].fillna(0), marker='o', capsize=3, label=f's = {sc:g}')
+        ax.set(xlabel='ArcFace $m_2$', ylabel=f'unseen {k} %', title=f'{title}{k}'); ax.grid(alpha=.3); ax.legend(fontsize='small')
+    return axs[0].figure
+
 # %% ../nbs/07_report.ipynb #1cbc4aad
 def sweep_report(study:optuna.Study, out=None, rank:str=None) -> pd.DataFrame:
-    "Summary table of `study` beside the paper's numbers, ranked by `rank` if given; with `out`, also summary.csv, runs.csv and the three plots"
+    "Summary table of `study` beside the paper's numbers, ranked by `rank` if given; with `out`, also summary.csv, runs.csv and plots"
     res = sweep_results(study)
     summ = summarize_sweep(res, rank)
     if out is not None:
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         summ.to_csv(out/'summary.csv', index=False); res.drop(columns='per_epoch').assign(per_epoch=res.per_epoch.map(lambda a: ' '.join(f'{x:.2f}' for x in a))).to_csv(out/'runs.csv', index=False)
-        for name,f in [('arcface', plot_arcface), ('combined', plot_combined)]: f(summ).savefig(out/f'{name}.png', dpi=120, bbox_inches='tight'); plt.close('all')
+        if 'map_at_r' in res: plot_open_grid(res).savefig(out/'open_set.png', dpi=120, bbox_inches='tight')  # the paper has no open-set numbers to plot beside
+        else:
+            for name,f in [('arcface', plot_arcface), ('combined', plot_combined)]: f(summ).savefig(out/f'{name}.png', dpi=120, bbox_inches='tight')
+        plt.close('all')
         plot_best(res).savefig(out/'best.png', dpi=120, bbox_inches='tight'); plt.close('all')
     return summ
 
