@@ -52,7 +52,7 @@ def summarize_sweep(
 ) -> pd.DataFrame:
     "Mean ± std (%) over seeds per configuration (accuracy and open-set scores), seeds, worst run, and the paper's number"
     keys = ['kind', 'preset', 'm1', 'm2', 'm3', 's', 'epochs']
-    res = res.assign(preset=res.preset.fillna('') if 'preset' in res else '')  # runs.csv from before presets has no such column
+    res = res.assign(preset=res.preset.astype(object).fillna('') if 'preset' in res else '')  # old runs.csv have no such column; read_csv makes an empty one float
     g = res.groupby(keys, dropna=False, sort=True)
     summ = pd.DataFrame(dict(mean=g.accuracy.mean(), std=g.accuracy.std(ddof=1), n=g.accuracy.count(), worst=g.accuracy.min()))
     for k in OPEN_SET_KEYS:
