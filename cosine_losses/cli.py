@@ -36,7 +36,7 @@ def _interrupted(out):
 @call_parse
 def cosine_compare(
     data:str=None, # MNIST-like folder: IDX files or `mnist_png`; default $COSINE_LOSSES_MNIST, else fastai's MNIST download
-    losses:Annotated[str, "softmax, arcface, cosface, sphereface, combined, or margins like 'm2=0.45,m3=0.1'", {'nargs': '+'}]=None,
+    losses:Annotated[str, "softmax, arcface, cosface, sphereface, combined, a loss of the family (curricularface, adaface, elasticface, elasticface-cos, magface, dynamic-arcface), or margins like 'm2=0.45,m3=0.1' (add ',fallback=0' for the non-monotone margin, reproduction only)", {'nargs': '+'}]=None,
     epochs:int=5, # epochs of `fit_one_cycle` per run
     seeds:int=3, # seeds per loss
     bs:int=256, # batch size

@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist
 from torch import Tensor
 from fastcore.basics import store_attr
-from .losses import CombinedMarginLoss, _safe_acos, _psi, _prepare, _MarginCE, _is_real, _on_host
+from .losses import CombinedMarginLoss, _safe_acos, _psi, _prepare, _MarginCE, _is_real, _on_host, _check_reduction, _reduce
 
 # %% auto #0
 __all__ = ['FAMILY_PRESETS', 'dynamic_margins', 'train_labels', 'CurricularFaceLoss', 'AdaFaceLoss', 'ElasticFaceLoss',
@@ -89,12 +89,11 @@ class _CosineLoss(nn.Module):
     "fastai's loss interface on cosines, as `CombinedMarginLoss` has it, with each hyper-parameter checked when set"
     y_int,needs_norms,_ranges = True,False,{}
     def __setattr__(self, name, value):
-        if name == 'reduction' and value not in ('mean', 'sum', 'none'):
-            raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {value!r}")
+        if name == 'reduction': _check_reduction(value)
         if name in self._ranges: _check_real(name, value, *self._ranges[name]); value = float(value)
         super().__setattr__(name, value)
 
-    def _reduce(self, loss): return loss.mean() if self.reduction == 'mean' else loss.sum() if self.reduction == 'sum' else loss
+    def _reduce(self, loss): return _reduce(loss, self.reduction)
     @property
     def _updating(self): return self.training and torch.is_grad_enabled()
     def _follow(self, cos):
@@ -217,7 +216,7 @@ class ElasticFaceLoss(CombinedMarginLoss):
         d = self.draw(cos[torch.arange(len(targ), device=cos.device), targ].detach())
         m2,m3 = (d, 0.) if self.kind == 'arc' else (0., d)
         loss = _MarginCE.apply(cos, targ, self.s, 1., m2, m3, False, False)
-        return loss.mean() if self.reduction == 'mean' else loss.sum() if self.reduction == 'sum' else loss
+        return _reduce(loss, self.reduction)
 
     def extra_repr(self): return f"m={self.m}, sigma={self.sigma}, kind={self.kind!r}" + ", plus=True"*self.plus + f", s={self.s}"
 

@@ -104,6 +104,11 @@ def _assert_values(cos, targ):
     torch._assert_async(_in_range(targ, cos.shape[1]) & _finite_sum(cos),
                         f"`targ` must be class indices in [0, {cos.shape[1]}) and `cos` finite cosines: rerun with check='host' to see which")
 
+def _check_reduction(reduction):
+    if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+def _reduce(loss, reduction): return loss.mean() if reduction == 'mean' else loss.sum() if reduction == 'sum' else loss
+
 def _check_mode(check):
     "`check` if it is one of True, False, 'host', 'device'"
     if not (isinstance(check, bool) or check in ('host', 'device')): raise ValueError(f"`check` must be True, False, 'host' or 'device', got {check!r}")
@@ -221,8 +226,7 @@ class CombinedMarginLoss(nn.Module):
 
     def __setattr__(self, name, value):
         "Check every margin and `reduction` when set (at construction, by `MarginScheduler`, by hand), not at every step"
-        if name == 'reduction' and value not in ('mean', 'sum', 'none'):
-            raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {value!r}")
+        if name == 'reduction': _check_reduction(value)
         if name == 'check': _check_mode(value)
         if name in ('s', 'm1', 'm2', 'm3'):
             check_margins(**{name: value})
@@ -240,7 +244,7 @@ class CombinedMarginLoss(nn.Module):
     def forward(self, cos:Tensor, targ:Tensor) -> Tensor:
         cos,targ = _prepare(cos, targ, getattr(self, 'check', True))  # getattr: losses pickled before `check` existed
         loss = _MarginCE.apply(cos, targ, self.s, self.m1, self._margin('m2', cos, targ), self._margin('m3', cos, targ), self.easy_margin, self.detach_margin)
-        return loss.mean() if self.reduction == 'mean' else loss.sum() if self.reduction == 'sum' else loss
+        return _reduce(loss, self.reduction)
 
     def activation(self, cos:Tensor) -> Tensor: return F.softmax(self.s*cos.float(), dim=-1)
     def decodes(self, cos:Tensor) -> Tensor: return cos.argmax(dim=-1)
