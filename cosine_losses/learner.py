@@ -46,11 +46,17 @@ def cosine_model(
     return nn.Sequential(*model, head(emb_size, n_out))
 
 # %% ../nbs/02_learner.ipynb #d19ea927
-def _n_in(dls, arch, kwargs):
+def _n_in(dls, kwargs) -> int:
+    "Input channels as the model will see them: `n_in` if given, else those of the first item after the item transforms"
     if 'n_in' in kwargs: return kwargs.pop('n_in')
-    if arch is not None: return 3
-    try: return dls.train_ds[0][0].shape[0]
-    except Exception: return 1
+    dl = dls.valid if len(dls.valid_ds) else dls.train  # validation item transforms draw no crop (random state kept anyway)
+    state = random.getstate(),np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]): x = dl.do_item(0)[0]
+    finally: random.setstate(state[0]); np.random.set_state(state[1])
+    if isinstance(x, Image.Image): return len(x.getbands())  # no `ToTensor` among the item transforms
+    if not isinstance(x, Tensor) or x.ndim not in (2, 3): raise TypeError(f"cannot tell the input channels from an item of type {type(x).__name__}: pass `n_in`")
+    return 1 if x.ndim == 2 else x.shape[0]
 
 @delegates(create_vision_model, but=['n_out', 'custom_head', 'y_range', 'pretrained', 'weights'])
 def _head_learner(
@@ -71,7 +77,7 @@ def _head_learner(
     "A `Learner` for body `arch` → `emb_size` embedding → `head`, with `vision_learner`'s arguments"
     n_out = ifnone(n_out, get_c(dls))
     if not n_out: raise ValueError("`n_out` is not defined and could not be inferred from `dls`: pass `n_out` or set `dls.c`")
-    n_in,meta = _n_in(dls, arch, kwargs),model_meta.get(arch, _default_meta)
+    n_in,meta = _n_in(dls, kwargs),model_meta.get(arch, _default_meta)
     if weights is not None: kwargs['weights'] = weights
     if isinstance(arch, str) and 'timm' not in globals(): raise ImportError(f"arch {arch!r} is a timm name: `pip install timm` to use it")
     model = cosine_model(arch, n_out, emb_size, head=head, pretrained=pretrained, n_in=n_in, **kwargs)
