@@ -7,25 +7,31 @@ Docs: https://cosine-losses.github.io/cosine_losses/data.html.md"""
 # %% ../nbs/03_data.ipynb #fda9ee0a
 from __future__ import annotations
 import gzip, math, os, struct, tempfile, warnings, zlib
+from functools import partial
 from collections import namedtuple
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, pandas as pd, torch
 from torch import Tensor
 from PIL import Image
-from fastcore.basics import store_attr
+from fastcore.basics import ifnone, store_attr
+from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastcore.xtras import is_indexer
 from fastai.torch_core import TensorCategory
 from fastai.data.core import Datasets, DataLoaders, TfmdDL
 from fastai.data.transforms import Categorize, DisplayedTransform, IntToFloatTensor, Normalize
 from fastai.data.external import URLs, untar_data
-from fastai.vision.core import TensorImageBW
+from fastai.data.block import DataBlock, CategoryBlock
+from fastai.data.transforms import get_image_files, parent_label, ColReader, ColSplitter, GrandparentSplitter, RandomSplitter
+from fastai.vision.core import PILImage, PILImageBW, TensorImageBW
+from fastai.vision.data import ImageBlock
+from fastai.vision.augment import Resize, aug_transforms
 import fastai.vision.data, fastai.vision.learner  # register `show_batch`, `show_results`, `plot_top_losses` for image batches
 
 # %% auto #0
-__all__ = ['ImageRow', 'MNIST_ENV', 'read_idx', 'write_idx', 'read_idx_folder', 'read_png_folder', 'ImageRows', 'ToImageBW',
-           'IndexCategorize', 'TensorBatchDL', 'pixel_stats', 'tensor_dls', 'mnist_path', 'idx_dls', 'read_mnist',
-           'mnist_dls', 'synthetic_idx', 'mnist_or_standin']
+__all__ = ['ImageRow', 'MNIST_ENV', 'OML_COLUMNS', 'read_idx', 'write_idx', 'read_idx_folder', 'read_png_folder', 'ImageRows',
+           'ToImageBW', 'IndexCategorize', 'TensorBatchDL', 'pixel_stats', 'tensor_dls', 'mnist_path', 'idx_dls',
+           'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'folder_dls', 'csv_dls']
 
 # %% ../nbs/03_data.ipynb #d7dbf9cb
 def _gzipped(fname:Path): return fname.suffix == '.gz'
@@ -80,28 +86,43 @@ def read_idx_folder(
     return tuple(res)
 
 # %% ../nbs/03_data.ipynb #206372fd
-def _read_pngs(d:Path) -> tuple:
-    "Images and labels from `d/<label>/*.png`"
-    if not d.is_dir(): raise FileNotFoundError(f"{d} is not a folder")
-    dirs = [o for o in d.iterdir() if o.is_dir()]
-    if bad := [o.name for o in dirs if not o.name.isdigit()]: raise ValueError(f"{d}: class folders must be named by their label (0, 1, ...), got {sorted(bad)}")
-    fs = [(f, int(o.name)) for o in sorted(dirs, key=lambda o: int(o.name)) for f in sorted(o.glob('*.png'))]
-    if not fs: raise FileNotFoundError(f"{d} has no <label>/*.png images")
+_GREY = 'L','1','I','I;16','F'
+
+def _class_dirs(*ds:Path) -> list:
+    "Class folder names found in any of `ds`: numerically sorted when they are all digits (MNIST's labels), else by name"
+    for d in ds:
+        if not d.is_dir(): raise FileNotFoundError(f"{d} is not a folder")
+    names = sorted({o.name for d in ds for o in d.iterdir() if o.is_dir()})
+    return sorted(names, key=int) if all(n.isdigit() for n in names) else names
+
+def _read_pngs(d:Path, classes:list) -> tuple:
+    "Greyscale images and labels from `d/<class>/*.png`; a digit-named class is its own label, else its index in `classes`"
+    idx = {c: int(c) if all(o.isdigit() for o in classes) else i for i,c in enumerate(classes)}
+    fs = [(f, idx[c]) for c in classes for f in sorted((d/c).glob('*.png'))]
+    if not fs: raise FileNotFoundError(f"{d} has no <class>/*.png images")
     ims = []
     for f,_ in fs:
         try:
-            with Image.open(f) as im: ims.append(np.array(im.convert('L')))
+            with Image.open(f) as im:
+                if im.mode not in _GREY: raise TypeError(f"{f} is a colour image ({im.mode}): `read_png_folder` reads greyscale; `folder_dls` keeps colour")
+                ims.append(np.array(im.convert('L')))
         except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"{f}: not a readable image ({e})") from None
-        if ims[-1].shape != ims[0].shape: raise ValueError(f"{f} is {ims[-1].shape}, but {fs[0][0]} is {ims[0].shape}: all images must have one size")
+        if ims[-1].shape != ims[0].shape: raise ValueError(f"{f} is {ims[-1].shape}, but {fs[0][0]} is {ims[0].shape}: all images must have one size (`folder_dls` resizes)")
     return torch.from_numpy(np.stack(ims)),torch.tensor([l for _,l in fs])
 
 def read_png_folder(
-    path, # folder of fastai's `mnist_png` layout, as `untar_data(URLs.MNIST)` makes it
-    train:str='training', # training images are in `train/<label>/*.png`
-    valid:str='testing', # validation images are in `valid/<label>/*.png`
+    path, # folder of fastai's `mnist_png` layout, as `untar_data(URLs.MNIST)` makes it, or any greyscale PNGs in class folders
+    train:str='training', # training images are in `train/<class>/*.png`
+    valid:str='testing', # validation images are in `valid/<class>/*.png`
+    with_vocab:bool=False, # also return the class names, label i being `vocab[i]`
 ) -> tuple:
-    "(x_train, y_train, x_valid, y_valid) from PNGs in folders named by their label, decoded once"
-    return *_read_pngs(Path(path)/train),*_read_pngs(Path(path)/valid)
+    "(x_train, y_train, x_valid, y_valid[, vocab]) from greyscale PNGs of one size in class folders, decoded once"
+    d = [Path(path)/train, Path(path)/valid]
+    classes = _class_dirs(*d)
+    res = (*_read_pngs(d[0], classes),*_read_pngs(d[1], classes))
+    vocab = list(range(int(classes[-1])+1)) if all(c.isdigit() for c in classes) else classes
+    return (*res, vocab) if with_vocab else res
+
 
 # %% ../nbs/03_data.ipynb #24c2797e
 ImageRow = namedtuple('ImageRow', 'img label')
@@ -180,6 +201,8 @@ def tensor_dls(
     vocab:list=None, # class names, label i being `vocab[i]`; default `range(n_classes)`
     stats:tuple=None, # (mean, std) of the pixels on the [0, 1] scale; default: `pixel_stats(x_train)`
     num_workers:int=0, # in-memory batches gain nothing from worker processes
+    batch_tfms:list=None, # batch transforms after scaling and normalising, e.g. `aug_transforms()`: random ones act on training batches only
+    after_batch:list=None, # more batch transforms, as fastai's `after_batch`; both are sorted by `order` with the two above
     **kwargs
 ) -> DataLoaders:
     "Fast fastai `DataLoaders` over in-memory uint8 images and their labels"
@@ -195,7 +218,8 @@ def tensor_dls(
     dsets = Datasets(ImageRows(torch.cat([x_train, x_valid]), ys), [[ToImageBW()], [IndexCategorize(vocab)]],
                      splits=[slice(0, n), slice(n, None)], dl_type=TensorBatchDL)
     mean,std = stats or pixel_stats(x_train)
-    return dsets.dataloaders(bs=bs, num_workers=num_workers, after_batch=[IntToFloatTensor(), Normalize.from_stats(mean, std)], **kwargs)
+    tfms = [IntToFloatTensor(), Normalize.from_stats(mean, std), *L(batch_tfms), *L(after_batch)]
+    return dsets.dataloaders(bs=bs, num_workers=num_workers, after_batch=tfms, **kwargs)
 
 # %% ../nbs/03_data.ipynb #f7d56138
 MNIST_ENV = 'COSINE_LOSSES_MNIST'
@@ -279,3 +303,67 @@ def mnist_or_standin(
     warnings.warn("MNIST not found and not downloadable: using a small synthetic stand-in (set $COSINE_LOSSES_MNIST for the real data)")
     os.environ[MNIST_ENV] = str(synthetic_idx(standin or Path(tempfile.gettempdir())/'cosine_losses_standin', **kwargs))
     return False
+
+# %% ../nbs/03_data.ipynb #3b7e5d23
+def _image_size(f) -> tuple:
+    with Image.open(f) as im: return im.size[::-1]
+
+def _img_cls(f):
+    with Image.open(f) as im: return PILImageBW if im.mode in _GREY else PILImage
+
+def _dls_kwargs(first, size, augment) -> dict:
+    return dict(item_tfms=Resize(ifnone(size, _image_size(first)), method='squish'), batch_tfms=aug_transforms() if augment else None)
+
+@delegates(DataBlock.dataloaders)
+def folder_dls(
+    path, # `train/<class>/*` and `valid/<class>/*` (ImageNet style), or class folders `<class>/*` to split with `valid_pct`
+    valid_pct:float=0.2, # share of the images held out for validation when there is no `valid` folder
+    seed:int=0, # seed of that split
+    size=None, # every image is resized (squished) to this (int or (h, w)); default the first image's size, so mixed sizes batch
+    augment:bool=False, # fastai's `aug_transforms()` on the training batches
+    train:str='train', valid:str='valid', # names of the split folders, if there are both
+    bs:int=64, # batch size
+    num_workers:int=0, # worker processes decoding images
+    **kwargs
+) -> DataLoaders:
+    "fastai `DataLoaders` of an image folder: class names from the folders, colour kept (greyscale when the images are), any sizes"
+    path = Path(path)
+    files = get_image_files(path)
+    if not files: raise FileNotFoundError(f"{path} holds no image files (in class folders, or in train/ and valid/)")
+    split = (path/train).is_dir() and (path/valid).is_dir()
+    return DataBlock((ImageBlock(_img_cls(files[0])), CategoryBlock), get_items=partial(get_image_files, folders=[train, valid] if split else None),
+                     get_y=parent_label, splitter=GrandparentSplitter(train, valid) if split else RandomSplitter(valid_pct, seed=seed),
+                     **_dls_kwargs(files[0], size, augment)).dataloaders(path, bs=bs, num_workers=num_workers, **kwargs)
+
+OML_COLUMNS = 'path','label','split','is_query','is_gallery'
+
+def _oml_splitter(valid_pct, seed):
+    "open-metric-learning's layout: 'train' rows split into training and validation, 'validation' rows (new classes) third"
+    def _inner(df):
+        tr = np.flatnonzero((df.split == 'train').values)
+        tr,va = [tr[i] for i in RandomSplitter(valid_pct, seed=seed)(tr)]
+        return list(tr),list(va),list(np.flatnonzero((df.split == 'validation').values))
+    return _inner
+
+@delegates(DataBlock.dataloaders)
+def csv_dls(
+    csv, # a CSV file (or a DataFrame) listing images: fastai's `from_df` layout (file, label[, is_valid]), or open-metric-learning's
+    path=None, # folder the file names are relative to; default the CSV's folder
+    fn_col=None, # column of the file names; default 'path' (open-metric-learning) or the first
+    label_col=None, # column of the labels; default 'label' or the second
+    valid_col:str='is_valid', # boolean column marking validation rows, if present; else a seeded `valid_pct` split
+    valid_pct:float=0.2, seed:int=0, size=None, augment:bool=False, bs:int=64, num_workers:int=0, **kwargs
+) -> DataLoaders:
+    "fastai `DataLoaders` of the images a CSV lists; open-metric-learning's 'validation' rows, its new classes, as a third loader for `open_set_dls`"
+    df = csv if isinstance(csv, pd.DataFrame) else pd.read_csv(csv)
+    oml = {'path', 'label', 'split'} <= set(df.columns)
+    fn_col,label_col = ifnone(fn_col, 'path' if oml else df.columns[0]),ifnone(label_col, 'label' if oml else df.columns[1])
+    if missing := [c for c in (fn_col, label_col) if c not in df.columns]: raise ValueError(f"the CSV has no column {missing}: its columns are {list(df.columns)}")
+    if not len(df): raise ValueError("the CSV lists no images")
+    root = Path(ifnone(path, Path(csv).parent if not isinstance(csv, pd.DataFrame) else '.'))
+    fns = df[fn_col].astype(str)
+    pref = '' if fns.map(lambda f: Path(f).is_absolute()).all() else f'{root}{os.path.sep}'
+    splitter = (_oml_splitter(valid_pct, seed) if oml else ColSplitter(valid_col) if valid_col in df.columns else RandomSplitter(valid_pct, seed=seed))
+    return DataBlock((ImageBlock(_img_cls(pref + fns.iloc[0])), CategoryBlock), get_x=ColReader(fn_col, pref=pref), get_y=ColReader(label_col),
+                     splitter=splitter, **_dls_kwargs(pref + fns.iloc[0], size, augment)).dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
+

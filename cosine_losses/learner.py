@@ -13,7 +13,7 @@ from .heads import ArcFaceHead
 from .family import dynamic_margins, train_labels
 
 # %% auto #0
-__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'cosine_learner', 'softmax_learner']
+__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'cosine_learner', 'softmax_learner', 'loss_state']
 
 # %% ../nbs/02_learner.ipynb #10aa7e65
 def paper_cnn(
@@ -156,3 +156,61 @@ def get_embeddings(self:Learner,
         _,targs = self.get_preds(ds_idx=ds_idx, dl=dl)
     feats = torch.cat(feats)
     return (F.normalize(feats, dim=1) if normalize else feats), targs
+
+# %% ../nbs/02_learner.ipynb #b7e1a2c4
+_SAVE_AS = []  # `f(learn)`: the learner whose state `save` writes in place of `learn`, or None; `distributed` adds one for sharded centres
+
+def _saved_learner(learn):
+    for f in _SAVE_AS:
+        if (o := f(learn)) is not None: return o
+    return learn
+
+def loss_state(loss_func) -> dict:
+    "The loss's buffers (running statistics) as a state dict; `{}` for a loss without any"
+    return loss_func.state_dict() if isinstance(loss_func, nn.Module) else {}
+
+def _safe_load(file, device, **kwargs):
+    "`torch.load` as fastai's `load_model` calls it: tensors only, with numpy's scalars (hyper-parameters) allowed"
+    npc = getattr(np, '_core', None) or np.core
+    with torch.serialization.safe_globals([L, npc.multiarray.scalar, np.dtype, *[getattr(np.dtypes, d) for d in np.dtypes.__all__]]):
+        return torch.load(file, map_location=device, **{'weights_only': True, **kwargs})
+
+@patch
+@delegates(save_model, but=['model', 'opt'])
+def save(self:Learner, file, with_opt:bool=True, pickle_protocol=2, **kwargs):
+    "fastai's `save` to `self.path/self.model_dir/file`, plus the loss's buffers (if any) under 'loss'"
+    learn,file = _saved_learner(self),join_path_file(file, self.path/self.model_dir, ext='.pth')
+    opt,ls = getattr(learn, 'opt', None),loss_state(learn.loss_func)
+    if not ls: save_model(file, learn.model, opt, with_opt=with_opt, pickle_protocol=pickle_protocol, **kwargs)  # fastai's file
+    elif not rank_distrib():
+        state = dict(model=get_model(learn.model).state_dict(), loss=ls)
+        if with_opt and opt is not None: state['opt'] = opt.state_dict()
+        torch.save(state, file, pickle_protocol=pickle_protocol, **kwargs)
+    return file
+
+def _load_loss(lf, saved:dict, file):
+    "Load `saved` into the loss `lf`; warn about the buffers it lacks"
+    mine = loss_state(lf)
+    missing = [k for k in mine if k not in saved]
+    if missing: warn(f"{file} holds no {', '.join(missing)} for the loss {type(lf).__name__}: they keep their current values")
+    if mine: lf.load_state_dict({k: saved.get(k, v) for k,v in mine.items()})
+
+@patch
+@delegates(load_model, but=['model', 'opt'])
+def load(self:Learner, file, device=None, with_opt:bool=True, strict:bool=True, **kwargs):
+    "fastai's `load` from `self.path/self.model_dir/file`, plus the loss's buffers where `save` wrote them"
+    if device is None and hasattr(self.dls, 'device'): device = self.dls.device
+    if isinstance(device, int): device = torch.device('cuda', device)
+    if self.opt is None: self.create_opt()
+    file = join_path_file(file, self.path/self.model_dir, ext='.pth')
+    distrib_barrier()
+    state = _safe_load(file, ifnone(device, 'cpu'), **kwargs)
+    ours = isinstance(state, dict) and 'model' in state and set(state) <= {'model', 'opt', 'loss'}  # else a bare state dict
+    get_model(self.model).load_state_dict(state['model'] if ours else state, strict=strict)
+    if with_opt:
+        if not (ours and 'opt' in state): warn("Saved file doesn't contain an optimizer state.")
+        else:
+            try: self.opt.load_state_dict(state['opt'])
+            except Exception: warn("Could not load the optimizer state.")
+    _load_loss(self.loss_func, state.get('loss', {}) if ours else {}, file)
+    return self
