@@ -16,53 +16,151 @@ from pytorch_metric_learning.utils.inference import FaissKNN
 from .data import ImageRows, ToImageBW, IndexCategorize, tensor_dls
 
 # %% auto #0
-__all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'open_set_dls', 'retrieval_metrics', 'verification_pairs', 'tar_at_far',
-           'verification_accuracy', 'open_set_scores', 'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
+__all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'ClassSplitter', 'open_set_dls', 'Scores',
+           'retrieval_metrics', 'verification_pairs', 'tar_at_far', 'best_threshold', 'verification_accuracy',
+           'class_scores', 'dir_at_far', 'identification_metrics', 'identification_split', 'open_set_scores',
+           'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
 
 # %% ../nbs/04a_openset.ipynb #7734147d
 class OpenSetDataLoaders(DataLoaders):
-    "`DataLoaders` on the seen classes, with the unseen classes' test images as a third loader, `unseen`"
+    "`DataLoaders` on the seen classes, with images of the unseen classes as a third loader, `unseen`"
     @property
     def unseen(self): return self.loaders[2]
 
+def pick_seen(
+    classes:list, # every class name, in the data's vocab order
+    seen=None, # k (count), a fraction in (0, 1), or a list of names (or of indices); default half the classes
+    seed:int=None, # `None`: the first k classes in vocab order; an int: a seeded random choice of k
+) -> list:
+    "Indices into `classes` of the seen classes"
+    n,classes = len(classes),list(classes)
+    if isinstance(seen, (list, tuple, L, range)):
+        idx = [classes.index(c) if c in classes else c for c in seen]  # a name if it is one, else an index
+        if not all(isinstance(i, (int, np.integer)) and 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
+            raise ValueError(f"seen must be distinct class indices in [0, {n}) or class names, got {list(seen)}")
+        idx = [int(i) for i in idx]  # in the order given: the head's classes 0..k-1
+    else:
+        k = n//2 if seen is None else round(seen*n) if isinstance(seen, float) and 0 < seen < 1 else seen
+        if not isinstance(k, (int, np.integer)): raise TypeError(f"seen must be a count, a fraction in (0, 1) or a list of classes, got {seen!r}")
+        idx = list(range(k)) if seed is None else sorted(random.Random(seed).sample(range(n), min(max(k, 0), n)))
+    if not 0 < len(idx) < n: raise ValueError(f"seen must keep at least one class seen and one unseen of the {n}, got {len(idx)} seen")
+    return idx
+
+def _check_unseen_split(s):
+    if s not in ('valid', 'all'): raise ValueError(f"unseen_split must be 'valid' or 'all', got {s!r}")
+
 def _tensors(data) -> tuple:
-    "(x_train, y_train, x_valid, y_valid, vocab) of `tensor_dls`-made `DataLoaders`, or of four tensors (vocab `None`)"
+    "(x_train, y_train, x_valid, y_valid, vocab, extra batch tfms) of `tensor_dls`-made `DataLoaders`, or of four tensors"
     if isinstance(data, DataLoaders):
         rows = [dl.dataset.items for dl in (data.train, data.valid)]
-        if not all(isinstance(r, ImageRows) for r in rows): raise TypeError("`data` must come from `tensor_dls`, `mnist_dls` or `idx_dls` (images held as `ImageRows`)")
-        return rows[0].imgs,rows[0].labels,rows[1].imgs,rows[1].labels,list(data.vocab)
-    if not (isinstance(data, (tuple, list)) and len(data) == 4): raise TypeError(f"`data` must be DataLoaders or (x_train, y_train, x_valid, y_valid), got {type(data).__name__}")
-    return (*data, None)
+        extra = [f for f in data.train.after_batch.fs if not isinstance(f, (IntToFloatTensor, Normalize))]  # re-normalised on the seen classes
+        return rows[0].imgs,rows[0].labels,rows[1].imgs,rows[1].labels,list(data.vocab),extra
+    if not (isinstance(data, (tuple, list)) and len(data) == 4): raise TypeError(f"`data` must be DataLoaders, a DataBlock or (x_train, y_train, x_valid, y_valid), got {type(data).__name__}")
+    return (*data, None, [])
 
-def open_set_dls(
-    data, # `DataLoaders` of `tensor_dls`/`mnist_dls`/`idx_dls`, or (x_train, y_train, x_valid, y_valid) as for `tensor_dls`
-    seen=None, # seen classes: k for the first k, or a list of class indices; default the first half
-    vocab:list=None, # names of the original classes; default `data`'s vocab, else `range(n_classes)`
-    bs:int=256, # batch size
-    **kwargs # passed to `tensor_dls`
-) -> OpenSetDataLoaders:
-    "Training and validation on the `seen` classes (re-indexed 0..k-1), and the other classes' test images as `unseen`"
-    xt,yt,xv,yv,names = _tensors(data)
+def _tensor_open_set(data, seen, seed, vocab, bs, unseen_split, **kwargs):
+    xt,yt,xv,yv,names,extra = _tensors(data)
     n = int(max(yt.max(), yv.max())) + 1
     vocab = list(ifnone(vocab, ifnone(names, range(n))))
     if len(vocab) < n: raise ValueError(f"vocab has {len(vocab)} names but the labels reach {n-1}")
-    seen = list(range(n//2 if seen is None else seen)) if seen is None or isinstance(seen, int) else [int(c) for c in seen]
-    if len(set(seen)) != len(seen) or not all(0 <= c < n for c in seen): raise ValueError(f"seen must be distinct class indices in [0, {n}), got {seen}")
+    seen = pick_seen(vocab[:n], seen, seed)
     unseen = [c for c in range(n) if c not in seen]
-    if not seen or not unseen: raise ValueError(f"seen must keep at least one class seen and one unseen of the {n}, got {len(seen)} seen")
     remap = torch.empty(n, dtype=torch.long)
     remap[seen],remap[unseen] = torch.arange(len(seen)),torch.arange(len(unseen))
     mt,mv = torch.isin(yt, torch.tensor(seen)),torch.isin(yv, torch.tensor(seen))
+    if extra: kwargs['after_batch'] = [*extra, *L(kwargs.get('after_batch'))]
     dls = tensor_dls(xt[mt], remap[yt[mt]], xv[mv], remap[yv[mv]], bs=bs, vocab=[vocab[c] for c in seen], **kwargs)
-    uds = Datasets(ImageRows(xv[~mv], remap[yv[~mv]]), [[ToImageBW()], [IndexCategorize([vocab[c] for c in unseen])]])
-    res = OpenSetDataLoaders(dls.train, dls.valid, dls.valid.new(uds), path=dls.path, device=dls.device)
-    res.seen,res.unseen_classes = [vocab[c] for c in seen],[vocab[c] for c in unseen]
+    xu,yu = (xv[~mv],yv[~mv]) if unseen_split == 'valid' else (torch.cat([xt[~mt], xv[~mv]]),torch.cat([yt[~mt], yv[~mv]]))
+    uds = Datasets(ImageRows(xu, remap[yu]), [[ToImageBW()], [IndexCategorize([vocab[c] for c in unseen])]], split_idx=1)
+    return dls,dls.valid.new(uds),[vocab[c] for c in seen],[vocab[c] for c in unseen]
+
+
+# %% ../nbs/04a_openset.ipynb #5e1c0a7b
+def _label_pipe(ds) -> Pipeline:
+    "The target pipeline of fastai `Datasets` without its `Categorize`: item → class name"
+    cats = [f for f in ds.tls[-1].tfms.fs if isinstance(f, Categorize)] if isinstance(ds, Datasets) else []
+    if not isinstance(ds, Datasets) or len(ds.tls) != 2 or len(cats) != 1 or isinstance(cats[0], MultiCategorize):
+        raise TypeError("open_set_dls needs single-label classification data: fastai `Datasets` of an input and a `CategoryBlock` target")
+    return Pipeline([f for f in ds.tls[-1].tfms.fs if f is not cats[0]])
+
+def _cat(*parts): return pd.concat(parts) if isinstance(parts[0], pd.DataFrame) else sum(map(L, parts), L())
+def _take(items, idx): return items.iloc[list(idx)] if isinstance(items, pd.DataFrame) else L(items)[list(idx)]
+
+def _rows(items): return (items.iloc[i] for i in range(len(items))) if isinstance(items, pd.DataFrame) else items
+
+def _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs):
+    "`open_set_dls` for `DataLoaders` of fastai `Datasets`: the user's transforms, items relabelled"
+    dls,ds = data,data.train_ds
+    y_name,x_fs = _label_pipe(ds),ds.tls[0].tfms.fs
+    subsets = [dl.dataset.items for dl in dls.loaders[:3]]
+    names = [[y_name(o) for o in _rows(items)] for items in subsets]  # labels only: the images are not read
+    if len(subsets) == 3: seen_names = list(dls.vocab)  # made with `ClassSplitter`: its training split holds the seen classes
+    else: seen_names = [dls.vocab[i] for i in pick_seen(dls.vocab, seen, seed)]
+    classes = [*seen_names, *sorted({c for ns in names for c in ns} - set(seen_names))]
+    unseen_names,s = [c for c in classes if c not in seen_names],set(seen_names)
+    keep = [[i for i,c in enumerate(ns) if c in s] for ns in names[:2]]
+    items = _cat(_take(subsets[0], keep[0]), _take(subsets[1], keep[1]))
+    dsets = Datasets(items, [x_fs, [*y_name.fs, Categorize(seen_names, sort=False)]], splits=[range(len(keep[0])), range(len(keep[0]), len(items))])
+    dl = dls.train
+    new = dsets.dataloaders(bs=ifnone(bs, dl.bs), after_item=dl.after_item.fs, before_batch=dl.before_batch.fs, after_batch=dl.after_batch.fs,
+                            device=dls.device, num_workers=dl.num_workers, path=dls.path, dl_type=type(dl), **kwargs)
+    scored = range(len(subsets)) if len(subsets) == 3 else [1] if unseen_split == 'valid' else [0, 1]
+    uitems = [_take(subsets[j], [i for i,c in enumerate(names[j]) if c not in s]) for j in scored]
+    uds = Datasets(_cat(*uitems), [x_fs, [*y_name.fs, Categorize(unseen_names, sort=False)]], split_idx=1)  # no augmentation
+    return new,new.valid.new(uds),seen_names,unseen_names
+
+def ClassSplitter(
+    seen=None, # seen classes, as for `pick_seen`
+    get_y=parent_label, # the `DataBlock`'s label function
+    seed:int=None, # for a random choice of seen classes, and the default `splitter`'s seed (0 if `None`)
+    splitter=None, # splits the seen classes' items into training and validation; default `RandomSplitter(0.2)`
+    unseen_split:str='valid', # the unseen classes' items as the third split: those `splitter` puts in validation, or 'all'
+):
+    "A `DataBlock` splitter by class: (training, validation) items of the seen classes, and the unseen classes' as a third split"
+    _check_unseen_split(unseen_split)
+    splitter = ifnone(splitter, RandomSplitter(.2, seed=ifnone(seed, 0)))
+    def _inner(items):
+        names = [get_y(o) for o in _rows(items)]
+        classes = sorted(set(names))  # fastai's `Categorize` order
+        s = {classes[i] for i in pick_seen(classes, seen, seed)}
+        tr,va = splitter(items)
+        return ([i for i in tr if names[i] in s],[i for i in va if names[i] in s],
+                [i for i in (va if unseen_split == 'valid' else range(len(items))) if names[i] not in s])
+    return _inner
+
+def open_set_dls(
+    data, # `DataLoaders` (`ImageDataLoaders.from_folder`/`from_df`/`from_csv`, a `DataBlock`'s, `tensor_dls`'s), a `DataBlock`, or 4 tensors
+    seen=None, # seen classes: a count, a fraction, a list of names or indices (see `pick_seen`); default half of them
+    seed:int=None, # `None`: the first classes in vocab order; an int: a seeded random choice of the seen classes
+    vocab:list=None, # tensor data only: names of the original classes; default `data`'s vocab, else `range(n_classes)`
+    bs:int=None, # batch size; default that of `data` (256 for tensors)
+    unseen_split:str='valid', # images of the unseen classes to score: 'valid' (those of the validation split) or 'all' (none is trained on)
+    source=None, # for a `DataBlock`: what its `dataloaders` is called with (a folder, a DataFrame, ...)
+    **kwargs # passed to `tensor_dls`, or to `Datasets.dataloaders` (fastai data)
+) -> OpenSetDataLoaders:
+    "Training and validation on the `seen` classes (re-indexed 0..k-1), and images of the other classes as `unseen`"
+    _check_unseen_split(unseen_split)
+    if isinstance(data, DataBlock): data = data.dataloaders(source, bs=ifnone(bs, 64), num_workers=kwargs.pop('num_workers', 0))
+    tensors = not isinstance(data, DataLoaders) or all(isinstance(dl.dataset.items, ImageRows) for dl in (data.train, data.valid))
+    if tensors: dls,udl,sn,un = _tensor_open_set(data, seen, seed, vocab, ifnone(bs, 256), unseen_split, **kwargs)
+    else: dls,udl,sn,un = _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs)
+    res = OpenSetDataLoaders(dls.train, dls.valid, udl, path=dls.path, device=dls.device)
+    res.seen,res.unseen_classes = sn,un
     return res
+
 
 # %% ../nbs/04a_openset.ipynb #8f263db4
 FARS = (1e-2, 1e-3, 1e-4)
-def _far_key(far): return f'tar_at_far_{far:.0e}'.replace('e-0', 'e-')
-OPEN_SET_KEYS = ('precision_at_1', 'r_precision', 'map_at_r', 'roc_auc', 'eer', *map(_far_key, FARS), 'verification_acc')
+def _far_key(far, name='tar'): return f'{name}_at_far_{far:.0e}'.replace('e-0', 'e-')
+OPEN_SET_KEYS = ('precision_at_1', 'r_precision', 'map_at_r', 'roc_auc', 'eer', *map(_far_key, FARS), 'verification_acc',
+                 'rank_1', 'dir_at_far_1e-2')
+
+class Scores(dict):
+    "A dict of scores, with `reasons` {key: why it is NaN} and `thresholds` {key: the cosine threshold it was measured at}"
+    def __init__(self, *args, reasons=None, thresholds=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reasons,self.thresholds = ifnone(reasons, {}),ifnone(thresholds, {})
+    def nan(self, key, why): self[key] = np.nan; self.reasons[key] = why
 
 def retrieval_metrics(emb, labels) -> dict:
     "precision@1, R-precision and MAP@R of `emb` by pytorch-metric-learning, each query left out of its own neighbours"
@@ -82,23 +180,88 @@ def verification_pairs(emb, labels, max_pairs:int=2_000_000, seed:int=0) -> tupl
     sims = torch.cat([(emb[a]*emb[b]).sum(1) for a,b in zip(i.split(2**18), j.split(2**18))])  # in chunks: 2**18 × d floats at a time
     return sims.numpy(),(labels[i] == labels[j]).numpy()
 
-def tar_at_far(fpr, tpr, far:float) -> float:
-    "The highest true-accept rate whose false-accept rate is at most `far`, from a ROC curve"
-    return float(tpr[fpr <= far].max())
+def tar_at_far(fpr, tpr, far:float, thresholds=None):
+    "The highest true-accept rate whose false-accept rate is at most `far`, from a ROC curve; with `roc_curve`'s `thresholds`, (TAR, threshold)"
+    i = np.flatnonzero(fpr <= far)
+    tar = float(tpr[i].max())
+    if thresholds is None: return tar
+    return tar,float(thresholds[i[tpr[i] == tar][-1]])  # of the points with that TAR, the lowest threshold (fpr grows along the curve)
+
+def best_threshold(sims, same) -> float:
+    "The threshold t (accept `sims` ≥ t) of highest accuracy on (`sims`, `same`); of tied ones the highest, the strictest"
+    t = np.append(np.unique(sims), np.inf)  # ascending; accuracy only changes at a score
+    pos,neg = np.sort(sims[same]),np.sort(sims[~same])
+    correct = len(pos) - np.searchsorted(pos, t) + np.searchsorted(neg, t)  # integer counts: ties are exact, not left to rounding
+    return float(t[np.flatnonzero(correct == correct.max())[-1]])
 
 def verification_accuracy(sims, same, folds:int=10, seed:int=0) -> float:
     "LFW's 10-fold accuracy on equal numbers of genuine and impostor pairs, each fold at the threshold best on the other folds"
     rng = np.random.default_rng(seed)
     pos,neg = np.flatnonzero(same),np.flatnonzero(~same)
     k = min(len(pos), len(neg))
+    if k == 0: return np.nan
     idx = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
     s,y = sims[idx],same[idx]
-    accs = []
-    for tr,te in KFold(folds, shuffle=True, random_state=seed).split(s):
-        fpr,tpr,th = roc_curve(y[tr], s[tr])
-        best = th[np.argmax(tpr*y[tr].mean() + (1-fpr)*(1-y[tr].mean()))]  # accuracy of each ROC point
-        accs.append(((s[te] >= best) == y[te]).mean())
+    splits = KFold(min(folds, 2*k), shuffle=True, random_state=seed).split(s)  # fewer folds when there are fewer than 2·`folds` pairs
+    accs = [((s[te] >= best_threshold(s[tr], y[tr])) == y[te]).mean() for tr,te in splits]
     return float(np.mean(accs))
+
+def class_scores(gallery_emb, gallery_labels, probe_emb, bs:int=4096) -> tuple:
+    "(P, C) highest cosine of each probe to each gallery class's images, and the C classes"
+    g,p = F.normalize(torch.as_tensor(gallery_emb).float(), dim=1),F.normalize(torch.as_tensor(probe_emb).float(), dim=1)
+    classes,cls = torch.as_tensor(gallery_labels).unique(return_inverse=True)
+    out = [torch.full((len(pb), len(classes)), -2.).scatter_reduce_(1, cls.expand(len(pb), -1), pb @ g.T, 'amax') for pb in p.split(bs)]
+    return torch.cat(out) if out else torch.empty(0, len(classes)),classes
+
+def dir_at_far(scores, correct, impostor, far:float, min_false:int=10) -> tuple:
+    "(DIR, τ) at the smallest observed score τ whose FPIR (share of `impostor` scores ≥ τ) is at most `far`; NaNs below `min_false`/`far` impostors"
+    imp,scores,correct = np.sort(np.asarray(impostor, dtype=float)),np.asarray(scores, dtype=float),np.asarray(correct, dtype=bool)
+    if len(imp)*far < min_false or not len(scores): return np.nan,np.nan
+    t = np.unique(np.concatenate([scores, imp, [np.inf]]))
+    fpir = (len(imp) - np.searchsorted(imp, t))/len(imp)  # falls as t grows: the first t meeting `far` is the smallest
+    tau = t[np.argmax(fpir <= far)]
+    return float((correct & (scores >= tau)).mean()),float(tau)
+
+def identification_metrics(
+    gallery_emb, gallery_labels, # enrolled embeddings (G, d) and their classes
+    probe_emb, probe_labels, # probes (P, d); those of a class not in the gallery are non-mated
+    ranks=(1, 5), # CMC ranks reported as `rank_k`
+    fars=(1e-1, 1e-2), # FPIRs reported as `dir_at_far_f`
+    min_false:int=10, # a FPIR f is resolved by at least `min_false`/f non-mated probes, else NaN
+) -> Scores:
+    "Open-set identification: rank-k of the mated probes (CMC) and DIR@FAR (TPIR at FPIR, rank 1); a tie with another class counts as a miss"
+    s,classes = class_scores(gallery_emb, gallery_labels, probe_emb)
+    pl = torch.as_tensor(probe_labels).long()
+    mated = torch.isin(pl, classes)
+    true = s[mated].gather(1, torch.searchsorted(classes, pl[mated])[:,None])
+    rank = (s[mated] >= true).sum(1)  # 1 + the classes scoring at least as high: ties are pessimistic
+    top = s.max(1).values
+    res = Scores()
+    for k in ranks:
+        if mated.any(): res[f'rank_{k}'] = float((rank <= k).float().mean())
+        else: res.nan(f'rank_{k}', 'no mated probe (no probe of a gallery class)')
+    for f in fars:
+        key = _far_key(f, 'dir')
+        if not mated.any(): res.nan(key, 'no mated probe (no probe of a gallery class)'); continue
+        d,tau = dir_at_far(top[mated].numpy(), (rank == 1).numpy(), top[~mated].numpy(), f, min_false)
+        n = int((~mated).sum())
+        if np.isnan(d): res.nan(key, f'{n} non-mated probes cannot resolve FPIR {f:g}: {int(np.ceil(min_false/f))} needed')
+        else: res[key],res.thresholds[key] = d,tau
+    return res
+
+def identification_split(
+    labels, # classes (N,) of one labelled set
+    enrol:float=.5, # share of the classes enrolled (at least one, and one left out)
+    shots:int=5, # gallery images per enrolled class; a class keeps one image as a mated probe if it has two
+    seed:int=0,
+) -> tuple:
+    "Seeded (gallery, probe) indices: `shots` images of each enrolled class in the gallery; the rest are mated or non-mated probes"
+    labels,rng = np.asarray(labels),np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(labels))
+    if len(classes) < 2: raise ValueError("an identification split needs at least two classes: one enrolled, one not")
+    gal = [rng.permutation(np.flatnonzero(labels == c)) for c in classes[:min(max(int(enrol*len(classes)), 1), len(classes)-1)]]
+    gal = np.concatenate([i[:min(shots, max(len(i)-1, 1))] for i in gal])
+    return np.sort(gal),np.setdiff1d(np.arange(len(labels)), gal)
 
 def _check_emb(emb, labels):
     emb,labels = torch.as_tensor(emb).detach().cpu().float(),torch.as_tensor(labels).detach().cpu().long()
@@ -107,27 +270,40 @@ def _check_emb(emb, labels):
     if len(labels.unique()) < 2: raise ValueError("open-set metrics need at least two classes")
     return F.normalize(emb, dim=1),labels  # unit vectors: faiss's L2 neighbours are then the cosine neighbours
 
-def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0) -> tuple:
+def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol:float=.5, shots:int=5) -> tuple:
     "`open_set_metrics`, and the verification ROC curve as (fpr, tpr)"
     emb,labels = _check_emb(emb, labels)
-    res = retrieval_metrics(emb, labels)
+    res = Scores()
+    if labels.unique(return_counts=True)[1].max() < 2:
+        for k in ('precision_at_1', 'r_precision', 'map_at_r'): res.nan(k, 'no class has two images: nothing to retrieve')
+    else: res.update(retrieval_metrics(emb, labels))
     sims,same = verification_pairs(emb, labels, max_pairs, seed)
-    fpr,tpr,_ = roc_curve(same, sims)
-    i = np.argmin(np.abs(1 - tpr - fpr))  # where the false-reject rate meets the false-accept rate
-    res.update(roc_auc=roc_auc_score(same, sims), eer=(fpr[i] + 1 - tpr[i])/2)
-    n_neg = (~same).sum()
-    res.update({_far_key(f): tar_at_far(fpr, tpr, f) if n_neg*f >= 10 else np.nan for f in FARS})
-    res['verification_acc'] = verification_accuracy(sims, same, seed=seed)
-    return {k: float(res[k]) for k in OPEN_SET_KEYS},(fpr,tpr)
+    if not same.any():
+        for k in ('roc_auc', 'eer', *map(_far_key, FARS), 'verification_acc'): res.nan(k, 'no genuine pair (no class has two images)')
+        fpr,tpr = np.array([0., 1.]),np.full(2, np.nan)
+    else:
+        fpr,tpr,th = roc_curve(same, sims)
+        i = np.argmin(np.abs(1 - tpr - fpr))  # where the false-reject rate meets the false-accept rate
+        res.update(roc_auc=roc_auc_score(same, sims), eer=(fpr[i] + 1 - tpr[i])/2, verification_acc=verification_accuracy(sims, same, seed=seed))
+        n_neg = (~same).sum()
+        for f in FARS:
+            if n_neg*f >= 10: res[_far_key(f)],res.thresholds[_far_key(f)] = tar_at_far(fpr, tpr, f, th)
+            else: res.nan(_far_key(f), f'{n_neg} impostor pairs cannot resolve FAR {f:g}: {int(np.ceil(10/f))} needed')
+    gi,pi = identification_split(labels, enrol, shots, seed)
+    ident = identification_metrics(emb[gi], labels[gi], emb[pi], labels[pi], ranks=(1,), fars=(1e-2,))
+    res.update(ident); res.reasons.update(ident.reasons); res.thresholds.update(ident.thresholds)
+    return Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds),(fpr,tpr)
 
 def open_set_metrics(
     emb, # embeddings (N, d) of images of classes not seen in training; cosine similarity is used, so their norm does not matter
     labels, # their classes (N,)
     max_pairs:int=2_000_000, # verification uses every pair up to this many, else a sample of this many
-    seed:int=0, # seed of the pair sample and of the 10 folds
-) -> dict:
-    "Retrieval (precision@1, R-precision, MAP@R) and verification (ROC AUC, EER, TAR@FAR, 10-fold accuracy) scores"
-    return open_set_scores(emb, labels, max_pairs, seed)[0]
+    seed:int=0, # seed of the pair sample, of the 10 folds and of the identification split
+    enrol:float=.5, # identification: share of the classes enrolled in the gallery (see `identification_split`)
+    shots:int=5, # identification: gallery images per enrolled class
+) -> Scores:
+    "Retrieval (precision@1, R-precision, MAP@R), verification (ROC AUC, EER, TAR@FAR, 10-fold accuracy), identification (rank-1, DIR@FAR)"
+    return open_set_scores(emb, labels, max_pairs, seed, enrol, shots)[0]
 
 # %% ../nbs/04a_openset.ipynb #f07ac37f
 def embed(
