@@ -44,13 +44,13 @@ class EpochTimer(Callback):
     def after_epoch(self): self.times.append(time.perf_counter() - self.t0)
 
 # %% ../nbs/05_compare.ipynb #40f81714
-def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, **kwargs) -> Learner:
-    "`softmax_learner` or `cosine_learner` for the loss named by `loss`, with random initial weights"
+def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, pretrained:bool=False, **kwargs) -> Learner:
+    "`softmax_learner` or `cosine_learner` for the loss named by `loss`, with random initial weights unless `pretrained`"
     cfg = parse_loss(loss)
-    if cfg is None: return softmax_learner(dls, arch, emb_size=emb_size, pretrained=False, **kwargs)
-    if 'preset' in cfg: return cosine_learner(dls, arch, emb_size=emb_size, pretrained=False, **FAMILY_PRESETS[cfg['preset']](dls), **kwargs)
+    if cfg is None: return softmax_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **kwargs)
+    if 'preset' in cfg: return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **FAMILY_PRESETS[cfg['preset']](dls), **kwargs)
     if not cfg.get('fallback', 1.): cfg = {k: v for k,v in cfg.items() if k != 'fallback'}; kwargs['loss_func'] = NoFallbackLoss(**{'s': 30., **cfg})
-    return cosine_learner(dls, arch, emb_size=emb_size, pretrained=False, **cfg, **kwargs)
+    return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **cfg, **kwargs)
 
 def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False, **kwargs) -> pd.DataFrame:
     "Train `loss` with `fit_one_cycle` from `seed`; a row per epoch with losses, metrics (open-set ones for `open_set_dls`) and seconds"

@@ -16,7 +16,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 from .losses import CombinedMarginLoss, check_margins, target_logit
 from .heads import ArcFaceHead, _Cosines
-from .learner import _head_learner, _dynamic
+from .learner import _head_learner, _dynamic, _SAVE_AS
 
 # %% auto #0
 __all__ = ['gather_rows', 'sample_centres', 'sharded_margin_loss', 'ShardedArcFaceHead', 'ShardedMarginLoss', 'sharded_learner']
@@ -317,10 +317,8 @@ def export(self:Learner, fname='export.pkl', **kwargs):
     heads = _sharded_heads(getattr(self.model, 'module', self.model))
     _fastai_export(self.unsharded() if heads else self, fname, **kwargs)
 
-_fastai_save = Learner.save
+def _save_unsharded(learn):
+    "`Learner.save` (in `learner`) writes `unsharded()` for sharded centres: rank 0 saves all C centres, which `load` splits again (call on every rank)"
+    return learn.unsharded() if _sharded_heads(getattr(learn.model, 'module', learn.model)) else None
 
-@patch
-def save(self:Learner, file, **kwargs):
-    "fastai's `save`; with sharded centres, rank 0 saves the model with all C centres (no optimiser state), which `load` splits again (call on every rank)"
-    heads = _sharded_heads(getattr(self.model, 'module', self.model))
-    return _fastai_save(self.unsharded() if heads else self, file, **kwargs)
+_SAVE_AS.append(_save_unsharded)

@@ -7,13 +7,15 @@ Docs: https://cosine-losses.github.io/cosine_losses/learner.html.md"""
 # %% ../nbs/02_learner.ipynb #fdb20cf9
 from __future__ import annotations
 from fastai.vision.all import *
+import torchvision
 from fastai.vision.learner import _default_meta, _add_norm, _timm_norm
 from .losses import CombinedMarginLoss
 from .heads import ArcFaceHead
 from .family import dynamic_margins, train_labels
 
 # %% auto #0
-__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'cosine_learner', 'softmax_learner', 'loss_state']
+__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'cosine_learner', 'softmax_learner', 'loss_state',
+           'arch_from_name']
 
 # %% ../nbs/02_learner.ipynb #10aa7e65
 def paper_cnn(
@@ -214,3 +216,29 @@ def load(self:Learner, file, device=None, with_opt:bool=True, strict:bool=True, 
             except Exception: warn("Could not load the optimizer state.")
     _load_loss(self.loss_func, state.get('loss', {}) if ours else {}, file)
     return self
+
+# %% ../nbs/02_learner.ipynb #6a1b2c02
+def _cached_weights(name:str) -> Path:
+    "The local file of torchvision's default weights for `name`, which must exist"
+    w = torchvision.models.get_model_weights(name).DEFAULT
+    f = Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
+    if not f.exists(): raise FileNotFoundError(
+        f"pretrained weights of {name} ({w}) are not in the local cache {f.parent}, and none are downloaded here: fetch them once where the "
+        f"network is reachable (python -c \"import torchvision; torchvision.models.{name}(weights='DEFAULT')\"), or train from scratch")
+    return f
+
+def arch_from_name(
+    name:str=None, # None or 'paper' for the paper's CNN, a torchvision classification model ('resnet18', 'convnext_tiny', ...), or a timm name
+    pretrained:bool=False, # check that pretrained weights are in the local cache (torchvision models)
+):
+    "The `arch` of `cosine_learner` for a name given on a command line"
+    if name in (None, 'paper'): return None
+    if name in torchvision.models.list_models(module=torchvision.models):
+        if pretrained: _cached_weights(name)
+        return getattr(torchvision.models, name)
+    try: import timm
+    except ImportError: timm = None
+    if timm is None or name not in timm.list_models():
+        raise ValueError(f"unknown arch {name!r}: not a torchvision classification model (e.g. resnet18, resnet34, convnext_tiny)"
+                         + (", nor a timm model" if timm else "; `pip install timm` for timm's models"))
+    return name

@@ -13,11 +13,11 @@ from sklearn.metrics import roc_curve, roc_auc_score
 from sklearn.model_selection import KFold
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKNN
-from .data import ImageRows, ToImageBW, IndexCategorize, tensor_dls
+from .data import ImageRows, ToImageBW, IndexCategorize, tensor_dls, mnist_dls, folder_dls, csv_dls
 
 # %% auto #0
-__all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'ClassSplitter', 'open_set_dls', 'Scores',
-           'retrieval_metrics', 'verification_pairs', 'tar_at_far', 'best_threshold', 'verification_accuracy',
+__all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'ClassSplitter', 'open_set_dls', 'load_dls', 'class_table',
+           'Scores', 'retrieval_metrics', 'verification_pairs', 'tar_at_far', 'best_threshold', 'verification_accuracy',
            'class_scores', 'dir_at_far', 'identification_metrics', 'identification_split', 'open_set_scores',
            'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
 
@@ -147,6 +147,41 @@ def open_set_dls(
     res = OpenSetDataLoaders(dls.train, dls.valid, udl, path=dls.path, device=dls.device)
     res.seen,res.unseen_classes = sn,un
     return res
+
+
+# %% ../nbs/04a_openset.ipynb #5e1c0a7f
+def _mnist_like(p:Path) -> bool: return (p/'training').is_dir() or any(p.glob('train-images-idx3-ubyte*'))
+
+def load_dls(
+    data=None, # IDX files or `mnist_png` (as `mnist_dls`), an image folder (class folders, or train/ and valid/), or a CSV; default MNIST
+    bs:int=256, # batch size
+    seen=0, # open set: the seen classes (a count, a fraction, names: see `pick_seen`); 0 for the closed set
+    seen_seed:int=None, # a seeded random choice of the seen classes; `None`: the first ones
+    unseen_split:str='valid', # unseen images scored: 'valid' or 'all'
+    size=None, # image folders and CSVs: resize to this; default the first image's size
+    augment:bool=False, # image folders and CSVs: `aug_transforms()` on the training batches
+    valid_pct:float=0.2, # image folders and CSVs without a validation split: the share held out
+    seed:int=0, # seed of that split
+    n_train:int=None, # IDX data: only the first `n_train` training images
+    n_valid:int=None, # IDX data: only the first `n_valid` test images
+) -> DataLoaders:
+    "The data a command names, closed-set or (with `seen`, or an open-metric-learning CSV) open-set"
+    p = None if data is None else Path(data)
+    if p is None or p.suffix.lower() != '.csv' and _mnist_like(p): dls = mnist_dls(p, bs=bs, n_train=n_train, n_valid=n_valid)
+    else:
+        if n_train or n_valid: raise ValueError("n_train and n_valid apply to IDX data; use a smaller folder or CSV")
+        kw = dict(size=size, augment=augment, valid_pct=valid_pct, seed=seed, bs=bs)
+        dls = csv_dls(p, **kw) if p.suffix.lower() == '.csv' else folder_dls(p, **kw)
+    if not seen and len(dls.loaders) < 3: return dls
+    return open_set_dls(dls, seen=seen or None, seed=seen_seed, bs=bs, unseen_split=unseen_split)
+
+def class_table(dls) -> pd.DataFrame:
+    "One row per class by name: seen or unseen, and its images in training, validation and the unseen set"
+    loaders = [('train', dls.train), ('valid', dls.valid)] + ([('unseen', dls.unseen)] if isinstance(dls, OpenSetDataLoaders) else [])
+    counts = {nm: pd.Series([dl.vocab[int(y)] for y in dl.dataset.tls[-1]], dtype=object).value_counts() for nm,dl in loaders}  # labels only
+    classes = [*dls.vocab, *getattr(dls, 'unseen_classes', [])]
+    return pd.DataFrame(dict(role=['seen']*len(dls.vocab) + ['unseen']*(len(classes)-len(dls.vocab)),
+                             **{nm: [int(c.get(k, 0)) for k in classes] for nm,c in counts.items()}), index=pd.Index(classes, name='class'))
 
 
 # %% ../nbs/04a_openset.ipynb #8f263db4
