@@ -13,8 +13,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)  # from fastai.layers, at import
     from fastai.vision.all import *
 import optuna
-from .data import mnist_dls
-from .openset import open_set_dls
+from .learner import arch_from_name
+from .openset import load_dls, class_table
 from .compare import compare, format_summary
 from .sweep import GRIDS, margin_sweep, margin_search, product_grid, preset_config
 from .report import sweep_report
@@ -23,40 +23,72 @@ from .report import sweep_report
 __all__ = ['load_data', 'cosine_compare', 'cosine_sweep']
 
 # %% ../nbs/09_cli.ipynb #55f5a270
-def load_data(data=None, bs:int=256, seen:int=0, n_train:int=None, n_valid:int=None) -> DataLoaders:
-    "MNIST-like IDX data (or mnist_png) from `data` as `mnist_dls` finds it; with `seen` > 0, `open_set_dls` on the first `seen` classes"
-    dls = mnist_dls(data, bs=bs, n_train=n_train, n_valid=n_valid)
-    return open_set_dls(dls, seen=seen, bs=bs) if seen else dls
+def _seen(vals):
+    "`--seen`: nothing or 0 for the closed set, one number for a count (or a fraction), else class names (digits for IDX labels)"
+    if isinstance(vals, (int, float)) or not vals: return vals or 0
+    if len(vals) == 1:
+        try: return int(vals[0])
+        except ValueError:
+            try: return float(vals[0])
+            except ValueError: pass
+    return [int(v) if v.isdigit() else v for v in vals]
+
+def load_data(data=None, csv=None, bs:int=256, seen=(), seen_seed=None, unseen_split='valid', size=None, augment=False, valid_pct=.2,
+              n_train=None, n_valid=None, out=None) -> DataLoaders:
+    "`load_dls` of the command's arguments; prints the classes and writes them to `out/classes.csv`"
+    if data is not None and csv is not None: raise ValueError("give --data or --csv, not both")
+    dls = load_dls(ifnone(csv, data), bs, _seen(seen), seen_seed, unseen_split, size, augment, valid_pct, n_train=n_train, n_valid=n_valid)
+    tab = class_table(dls)
+    print(f"{len(tab)} classes: " + '; '.join(f"{r} {', '.join(map(str, g.index))}" for r,g in tab.groupby('role', sort=False)), flush=True)
+    if out is not None: Path(out).mkdir(parents=True, exist_ok=True); tab.to_csv(Path(out)/'classes.csv')
+    return dls
 
 def _interrupted(out):
     print(f"\ninterrupted: the finished runs are kept in {out}; run the same command again to resume", file=sys.stderr)
     sys.exit(130)
 
+
 # %% ../nbs/09_cli.ipynb #d210f6bd
 @call_parse
 def cosine_compare(
-    data:str=None, # MNIST-like folder: IDX files or `mnist_png`; default $COSINE_LOSSES_MNIST, else fastai's MNIST download
+    data:str=None, # IDX files or `mnist_png` (MNIST-like), an image folder (class folders, or train/ + valid/), or a CSV; default MNIST
+    csv:str=None, # a CSV of images: fastai's layout (file, label[, is_valid]) or open-metric-learning's (path, label, split, ...)
+    arch:str=None, # body: a torchvision model name (resnet18, ...) or a timm name; default the paper's CNN
+    pretrained:bool=False, # start from pretrained weights (only from the local cache: nothing is downloaded)
+    size:int=None, # image folders and CSVs: resize (squish) every image to size × size; default the first image's size
+    augment:bool=False, # fastai's aug_transforms on the training batches (image folders and CSVs)
+    valid_pct:float=0.2, # image folders and CSVs without a validation split: the share held out (seeded)
     losses:Annotated[str, "softmax, arcface, cosface, sphereface, combined, a loss of the family (curricularface, adaface, elasticface, elasticface-cos, magface, dynamic-arcface), or margins like 'm2=0.45,m3=0.1' (add ',fallback=0' for the non-monotone margin, reproduction only)", {'nargs': '+'}]=None,
     epochs:int=5, # epochs of `fit_one_cycle` per run
     seeds:int=3, # seeds per loss
     bs:int=256, # batch size
     lr:float=3e-2, # maximum learning rate of the one-cycle schedule
     emb_size:int=128, # embedding size (both learners)
-    seen:int=0, # open set: train on the first `seen` classes, score the embeddings of the others (0: closed set, every class)
+    seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
+    seen_seed:int=None, # choose the `--seen` count of classes at random with this seed (default: the first ones in name order)
+    unseen_split:str='valid', # unseen classes' images to score: 'valid' (the held-out ones) or 'all' (none is trained on)
     n_train:int=None, # use only the first `n_train` training images (quick runs)
     n_valid:int=None, # use only the first `n_valid` test images
     out:str='cosine_compare', # folder for epochs.csv, summary.csv and the plots
 ):
     "Train fastai's softmax learner and cosine learners with `fit_one_cycle`; print accuracy (and open-set scores) and time per epoch"
-    try: summ = compare(load_data(data, bs, seen, n_train, n_valid), losses or ('softmax', 'arcface', 'combined'), epochs, seeds, lr, out, emb_size=emb_size)
+    dls = load_data(data, csv, bs, seen, seen_seed, unseen_split, size, augment, valid_pct, n_train, n_valid, out)
+    arch = arch_from_name(arch, pretrained)
+    try: summ = compare(dls, losses or ('softmax', 'arcface', 'combined'), epochs, seeds, lr, out, emb_size=emb_size, arch=arch, pretrained=pretrained)
     except KeyboardInterrupt: _interrupted(out)
     print(format_summary(summ))
-    print(f'\nwrote {out}/epochs.csv, {out}/summary.csv and plots')
+    print(f'\nwrote {out}/epochs.csv, {out}/summary.csv, {out}/classes.csv and plots')
 
 # %% ../nbs/09_cli.ipynb #8217f5c8
 @call_parse
 def cosine_sweep(
-    data:str=None, # MNIST-like folder: IDX files or `mnist_png`; default $COSINE_LOSSES_MNIST, else fastai's MNIST download
+    data:str=None, # IDX files or `mnist_png` (MNIST-like), an image folder (class folders, or train/ + valid/), or a CSV; default MNIST
+    csv:str=None, # a CSV of images: fastai's layout (file, label[, is_valid]) or open-metric-learning's (path, label, split, ...)
+    arch:str=None, # body: a torchvision model name (resnet18, ...) or a timm name; default the paper's CNN
+    pretrained:bool=False, # start from pretrained weights (only from the local cache: nothing is downloaded)
+    size:int=None, # image folders and CSVs: resize (squish) every image to size × size; default the first image's size
+    augment:bool=False, # fastai's aug_transforms on the training batches (image folders and CSVs)
+    valid_pct:float=0.2, # image folders and CSVs without a validation split: the share held out (seeded)
     grid:str=None, # a named grid: 'paper' (Table 1) or 'best'; default: the lists below
     m1:Annotated[float, "m1 values", {'nargs': '+'}]=(1.,),
     m2:Annotated[float, "m2 values", {'nargs': '+'}]=(.5,),
@@ -69,7 +101,9 @@ def cosine_sweep(
     seeds:int=3, # seeds per configuration
     bs:int=256, # batch size
     lr:float=3e-2, # maximum learning rate
-    seen:int=0, # open set: train on the first `seen` classes and record the open-set scores of the others (0: closed set)
+    seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
+    seen_seed:int=None, # choose the `--seen` count of classes at random with this seed (default: the first ones in name order)
+    unseen_split:str='valid', # unseen classes' images to score: 'valid' (the held-out ones) or 'all' (none is trained on)
     rank:str=None, # order the report by 'accuracy' or an open-set score such as 'map_at_r'; default by configuration
     n_train:int=None, # use only the first `n_train` training images (quick runs)
     n_valid:int=None, # use only the first `n_valid` test images
@@ -82,13 +116,14 @@ def cosine_sweep(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     storage = storage or out/'sweep.db'
-    dls = load_data(data, bs, seen, n_train, n_valid)
+    dls,arch = load_data(data, csv, bs, seen, seen_seed, unseen_split, size, augment, valid_pct, n_train, n_valid, out),arch_from_name(arch, pretrained)
     try:
-        if search: st = margin_search(dls, search, epochs, lr, storage=storage, study_name=study)
+        if search: st = margin_search(dls, search, epochs, lr, storage=storage, study_name=study, arch=arch, pretrained=pretrained)
         else:
             configs = GRIDS[grid](s=s[0], softmax=not no_softmax) if grid else product_grid(m1, m2, m3, s, softmax=not no_softmax)
             configs += [preset_config(p) for p in presets]
-            st = margin_sweep(dls, configs, seeds, epochs, lr, storage=storage, study_name=study or f'{grid or "grid"}{"-open" if seen else ""}-e{epochs}')
+            st = margin_sweep(dls, configs, seeds, epochs, lr, storage=storage, study_name=study or f'{grid or "grid"}{"-open" if seen else ""}-e{epochs}',
+                              arch=arch, pretrained=pretrained)
     except KeyboardInterrupt: _interrupted(storage)
     summ = sweep_report(st, out, rank)
     print(summ.to_string(index=False, float_format=lambda v: f'{v:.2f}'))

@@ -46,3 +46,50 @@ def test_ctrl_c_in_sweep_is_one_line_and_resumes(tmp_path):
     done = [tuple(sorted(t.params.items())) for t in st.get_trials(states=(TrialState.COMPLETE,))]
     assert len(done) == 6 and len(set(done)) == 6  # softmax and two margins × two seeds, each exactly once
     assert (out/'summary.csv').exists()
+
+FRUIT = ('apple', 'banana', 'cherry', 'damson', 'elder', 'fig')
+
+def _fruit_folder(path, n=20, seed=0):
+    "RGB PNGs of mixed sizes in class-name folders; returns the files relative to `path` with their classes"
+    import numpy as np
+    from PIL import Image
+    rng,rows = np.random.default_rng(seed),[]
+    for i,c in enumerate(FRUIT):
+        (path/c).mkdir(parents=True)
+        for j in range(n):
+            a = rng.integers(0, 60, (int(rng.integers(24, 40)), int(rng.integers(24, 40)), 3), dtype=np.uint8); a[:12, 2*i:2*i+8, i % 3] = 250
+            Image.fromarray(a).save(path/c/f'{j}.png'); rows.append((f'{c}/{j}.png', c))
+    return rows
+
+def _compare_on(args, out):
+    cmd = [_exe('cosine-compare'), *args, '--arch', 'resnet18', '--size', '32', '--seen', '3', '--epochs', '1', '--seeds', '1',
+           '--bs', '16', '--losses', 'softmax', 'arcface', '--out', str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+def _check_compare_out(stdout, out, n_seen_imgs):
+    import pandas as pd
+    assert '6 classes: seen apple, banana, cherry; unseen damson, elder, fig' in stdout, stdout
+    cl,ep = pd.read_csv(out/'classes.csv'),pd.read_csv(out/'epochs.csv')
+    assert cl['class'].tolist() == list(FRUIT) and cl.role.tolist() == ['seen']*3 + ['unseen']*3
+    assert (cl.train + cl.valid).tolist() == n_seen_imgs + [0]*3 and cl.unseen[:3].sum() == 0 and cl.unseen[3:].sum() > 0
+    assert ep.loss.tolist() == ['softmax', 'arcface'] and ep.map_at_r.notna().all() and ep.accuracy.between(0, 1).all()
+
+def test_compare_on_an_image_folder(tmp_path):
+    _fruit_folder(tmp_path/'fruit')
+    out = tmp_path/'out'
+    _check_compare_out(_compare_on(['--data', str(tmp_path/'fruit')], out), out, [20]*3)
+
+def test_compare_on_a_csv(tmp_path):
+    import pandas as pd
+    rows = _fruit_folder(tmp_path/'fruit')
+    pd.DataFrame(rows[::2], columns=['file', 'label']).to_csv(tmp_path/'fruit/listed.csv', index=False)  # every other image
+    out = tmp_path/'out'
+    _check_compare_out(_compare_on(['--csv', str(tmp_path/'fruit/listed.csv')], out), out, [10]*3)
+
+def test_pretrained_offline_is_a_clear_error(tmp_path):
+    _fruit_folder(tmp_path/'fruit', n=2)
+    r = subprocess.run([_exe('cosine-compare'), '--data', str(tmp_path/'fruit'), '--arch', 'resnet18', '--pretrained', '--out', str(tmp_path/'o')],
+                       capture_output=True, text=True, env={**ENV, 'TORCH_HOME': str(tmp_path/'torch')}, timeout=300)
+    assert r.returncode != 0 and 'pretrained weights of resnet18' in r.stderr and 'not in the local cache' in r.stderr, r.stderr[-2000:]
