@@ -20,7 +20,7 @@ from .sweep import GRIDS, margin_sweep, margin_search, product_grid, preset_conf
 from .report import sweep_report
 
 # %% auto #0
-__all__ = ['load_data', 'cosine_compare', 'cosine_sweep']
+__all__ = ['load_data', 'cosine_compare', 'cosine_sweep', 'cosine_gallery']
 
 # %% ../nbs/09_cli.ipynb #55f5a270
 def _seen(vals):
@@ -128,3 +128,39 @@ def cosine_sweep(
     summ = sweep_report(st, out, rank)
     print(summ.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
     print(f'\nwrote {out}/summary.csv, runs.csv and plots; study {st.study_name!r} in {storage}')
+
+# %% ../nbs/09_cli.ipynb #9a11e002
+from fastcore.script import CliError
+from .gallery import Gallery, enrol_folder, identify_folder, load_model
+
+def _skipped(bad):
+    if bad: print(f"skipped {len(bad)} unreadable image(s):\n" + '\n'.join(f'  {f}: {why}' for f,why in bad), file=sys.stderr)
+
+@call_parse
+def cosine_gallery(
+    action:Annotated[str, "enrol: a folder of class folders into the gallery; identify: a folder of queries against it", {'choices': ['enrol', 'identify']}],
+    model:str, # an exported learner (`learn.export`)
+    folder:str, # enrol: one folder of images per label, named by it; identify: the query images
+    gallery:str='gallery.zip', # the gallery file: written by `enrol` (added to if it exists), read by `identify`
+    calibrate:str=None, # enrol: a folder of images of classes neither trained on nor enrolled, to calibrate on
+    far:float=None, # identify: the share of strangers that may be accepted, by the gallery's calibration
+    threshold:float=None, # identify: a cosine threshold instead of `--far`
+    out:str='identified.csv', # identify: the CSV written (file, label or 'unknown', score)
+    bs:int=64, # batch size
+    cpu:bool=False, # run on the CPU even if a GPU is there
+):
+    "Enrol labelled images into a gallery file, or identify query images against one at a chosen false-accept rate"
+    try:
+        learn = load_model(model, cpu=cpu or not torch.cuda.is_available())
+        if action == 'enrol':
+            g = Gallery.load(gallery) if Path(gallery).exists() else None
+            g,bad = enrol_folder(learn, folder, g, bs, calibrate=calibrate)
+            g.save(gallery); _skipped(bad)
+            print(f"enrolled {len(g)} images of {len(g.classes)} classes into {gallery}")
+        else:
+            if far is None and threshold is None: raise CliError("pass --far (a false-accept rate) or --threshold")
+            if not Path(gallery).is_file(): raise CliError(f"no gallery file {gallery}: run `cosine-gallery enrol` first")
+            df,bad = identify_folder(learn, Gallery.load(gallery), folder, threshold, far, bs)
+            df.to_csv(out, index=False); _skipped(bad)
+            print(f"identified {len(df)} images, {(df.label == 'unknown').sum()} unknown: wrote {out}")
+    except (FileNotFoundError, ValueError) as e: raise CliError(str(e)) from None

@@ -6,13 +6,14 @@ Docs: https://cosine-losses.github.io/cosine_losses/compare.html.md"""
 
 # %% ../nbs/05_compare.ipynb #a526f3e4
 from __future__ import annotations
-import contextlib, random, time
+import contextlib, random, shutil, time
 from fastai.vision.all import *
 from .losses import check_margins
 from .family import FAMILY_PRESETS
 from .learner import cosine_learner, softmax_learner
 from .data import mnist_dls
 from .openset import OpenSetDataLoaders, OpenSetMetrics, OPEN_SET_KEYS, tar_at_far, plot_roc
+from .checkpoint import Checkpoint
 
 # %% auto #0
 __all__ = ['PRESETS', 'FAR_GRID', 'parse_loss', 'EpochTimer', 'make_learner', 'train_one', 'NoFallbackLoss', 'summarize',
@@ -38,7 +39,7 @@ def parse_loss(spec:str) -> dict|None:
 # %% ../nbs/05_compare.ipynb #26a6b482
 class EpochTimer(Callback):
     "Wall-clock seconds of each epoch, training and validation, in `self.times`"
-    order = -10
+    order,_ckpt_attrs = -10,('times',)  # kept by `Checkpoint`: a resumed run reports every epoch's seconds
     def before_fit(self): self.times = []
     def before_epoch(self): self.t0 = time.perf_counter()
     def after_epoch(self): self.times.append(time.perf_counter() - self.t0)
@@ -52,7 +53,9 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, pretraine
     if not cfg.get('fallback', 1.): cfg = {k: v for k,v in cfg.items() if k != 'fallback'}; kwargs['loss_func'] = NoFallbackLoss(**{'s': 30., **cfg})
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **cfg, **kwargs)
 
-def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False, **kwargs) -> pd.DataFrame:
+def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False,
+              checkpoint=None, # folder for a `Checkpoint` after every epoch: the same call again after a kill resumes there
+              **kwargs) -> pd.DataFrame:
     "Train `loss` with `fit_one_cycle` from `seed`; a row per epoch with losses, metrics (open-set ones for `open_set_dls`) and seconds"
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)  # fastai's loaders shuffle with their own generator
@@ -60,7 +63,7 @@ def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, 
     open_set = [OpenSetMetrics(metrics='all')] if isinstance(dls, OpenSetDataLoaders) else []
     with contextlib.ExitStack() as quieted:
         if quiet: quieted.enter_context(learn.no_bar()); quieted.enter_context(learn.no_logging())
-        learn.fit_one_cycle(epochs, lr, cbs=[timer, *open_set, *L(cbs)])
+        learn.fit_one_cycle(epochs, lr, cbs=[timer, *open_set, *L(cbs), *([Checkpoint(path=checkpoint)] if checkpoint else [])])
     vals = pd.DataFrame(np.array(learn.recorder.values, dtype=float), columns=learn.recorder.metric_names[1:-1])
     rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(seconds=timer.times)
     if open_set: rows.attrs['roc'] = open_set[0].roc
@@ -134,7 +137,7 @@ def plot_roc_compare(roc:pd.DataFrame, ax=None):
 # %% ../nbs/05_compare.ipynb #f6d04f81
 def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:int=3, lr:float=3e-2, out='cosine_compare',
             quiet:bool=False, **kwargs) -> pd.DataFrame:
-    "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`; write the summary and plots"
+    "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`, the run in flight from its last epoch; write the summary and plots"
     for l in losses: parse_loss(l)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     csv,bs = out/'epochs.csv',dls.train.bs
@@ -143,10 +146,13 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
     todo = [(l, s) for l in losses for s in range(seeds) if key(l, s) not in done]
     for i,(loss,seed) in enumerate(todo):
         print(f'run {i+1}/{len(todo)}: {loss}, seed {seed}', flush=True)
-        rows = train_one(dls, loss, epochs, seed, lr, quiet=quiet, **kwargs).assign(bs=bs)
+        ck = out/'checkpoints'/'_'.join(map(str, key(loss, seed)))  # the run's epochs so far: a killed compare resumes it there
+        rows = train_one(dls, loss, epochs, seed, lr, quiet=quiet, checkpoint=ck, **kwargs).assign(bs=bs)
         if 'roc' in rows.attrs:  # written first: a run counts as done once its epochs are in epochs.csv
             roc_rows(*rows.attrs['roc']).assign(**dict(zip(_KEY, key(loss, seed)))).to_csv(out/'roc.csv', mode='a', header=not (out/'roc.csv').exists(), index=False)
         rows.to_csv(csv, mode='a', header=not csv.exists(), index=False)
+        shutil.rmtree(ck)
+    if (out/'checkpoints').exists() and not any((out/'checkpoints').iterdir()): (out/'checkpoints').rmdir()
     sel = lambda df: df[df.loss.isin(losses) & (df.seed < seeds) & (df.epochs == epochs) & np.isclose(df.lr, lr) & (df.bs == bs)]
     res = sel(pd.read_csv(csv))
     summ = summarize(res)

@@ -31,7 +31,7 @@ import fastai.vision.data, fastai.vision.learner  # register `show_batch`, `show
 # %% auto #0
 __all__ = ['ImageRow', 'MNIST_ENV', 'OML_COLUMNS', 'read_idx', 'write_idx', 'read_idx_folder', 'read_png_folder', 'ImageRows',
            'ToImageBW', 'IndexCategorize', 'TensorBatchDL', 'pixel_stats', 'tensor_dls', 'mnist_path', 'idx_dls',
-           'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'folder_dls', 'csv_dls']
+           'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'folder_dls', 'csv_dls', 'synthetic_folder']
 
 # %% ../nbs/03_data.ipynb #d7dbf9cb
 def _gzipped(fname:Path): return fname.suffix == '.gz'
@@ -367,3 +367,22 @@ def csv_dls(
     return DataBlock((ImageBlock(_img_cls(pref + fns.iloc[0])), CategoryBlock), get_x=ColReader(fn_col, pref=pref), get_y=ColReader(label_col),
                      splitter=splitter, **_dls_kwargs(pref + fns.iloc[0], size, augment)).dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
 
+
+# %% ../nbs/03_data.ipynb #3b7e5d29
+def synthetic_folder(
+    path, # folder to write `<class>/<i>.png` into
+    classes=('apple', 'banana', 'cherry', 'damson', 'elder', 'fig'), # class names, the folders' names (up to 8)
+    n:int=8, # images per class
+    sizes:tuple=(24, 40), # heights and widths are drawn from [lo, hi)
+    mode:str='RGB', # 'RGB' for colour, 'L' for greyscale
+    seed:int=0, # the noise's and sizes' seed
+) -> list:
+    "A stand-in for one's photos: PNGs of mixed sizes in class-name folders, class i a bright bar at its own place and colour; returns the files"
+    if len(classes) > 8 or sizes[0] < 24: raise ValueError("synthetic_folder draws up to 8 classes on images of at least 24 × 24")
+    rng,files = np.random.default_rng(seed),[]
+    for i,c in enumerate(classes):
+        (Path(path)/c).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            a = rng.integers(0, 60, (*rng.integers(*sizes, 2), 3), dtype=np.uint8); a[:12, 2*i:2*i+8, i % 3] = 250
+            files.append(Path(path)/c/f'{j}.png'); Image.fromarray(a).convert(mode).save(files[-1])
+    return files

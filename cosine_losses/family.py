@@ -155,8 +155,13 @@ class AdaFaceLoss(_CosineLoss):
 
     def quality(self, norms:Tensor) -> Tensor:
         "ẑ: the norms, detached and clipped, normalised by the running statistics and clipped to [-1, 1]"
-        a = norms.detach().float().clamp(*self.norm_clip)
-        return (self.h*(a - self.mu)/(self.sigma + self.eps)).clamp(-1, 1)
+        a = self._clipped(norms)
+        return (self.h*(a - self.mu.to(a))/(self.sigma.to(a) + self.eps)).clamp(-1, 1)
+
+    def _clipped(self, norms):
+        "The detached, clipped norms in float32, or float64 if the norms or the statistics are"
+        dt = torch.float64 if torch.float64 in (norms.dtype, self.mu.dtype) else torch.float32
+        return norms.detach().to(dt).clamp(*self.norm_clip)
 
     def forward(self, cos:Tensor, targ:Tensor, norms:Tensor=None) -> Tensor:
         norms = _norms_of(cos, norms, type(self).__name__)
@@ -164,11 +169,12 @@ class AdaFaceLoss(_CosineLoss):
         self._follow(cos)
         if self._updating:
             with torch.no_grad():
-                a = norms.detach().float().clamp(*self.norm_clip)
-                s1,s2,n = _synced_sums(a - self.mu, (a - self.mu)**2)  # shifted by μ: no cancellation
-                mean,var = self.mu + s1/n.clamp_min(1),(s2 - s1**2/n.clamp_min(1))/(n - 1).clamp_min(1)
-                if len(targ): self.mu.lerp_(mean, self.momentum)
-                self.sigma.lerp_(torch.where(n > 1, var.clamp_min(0).sqrt(), self.sigma), self.momentum)
+                a = self._clipped(norms)
+                mu,sigma = self.mu.to(a),self.sigma.to(a)
+                s1,s2,n = _synced_sums(a - mu, (a - mu)**2)  # shifted by μ: no cancellation
+                mean,var = mu + s1/n.clamp_min(1),(s2 - s1**2/n.clamp_min(1))/(n - 1).clamp_min(1)
+                if len(targ): self.mu.lerp_(mean.to(self.mu), self.momentum)  # kept in the buffers' dtype
+                self.sigma.lerp_(torch.where(n > 1, var.clamp_min(0).sqrt(), sigma).to(self.sigma), self.momentum)
         t = self.target(cos[torch.arange(len(targ), device=cos.device), targ], self.quality(norms).to(cos.dtype))
         return self._reduce(_ce(cos, targ, t, self.s))
 
@@ -233,6 +239,7 @@ class MagFaceLoss(_CosineLoss):
         u_m:float=0.8, # margin at norm u_a
         lambda_g:float=35., # weight of the regulariser g(a) = a/u_a² + 1/a
         s:float=64., # scale
+        easy_margin:bool=False, # the official trainer's default: no margin where cos θ_y <= 0
         reduction:str='mean', # 'mean', 'sum' or 'none'
     ):
         super().__init__()
@@ -259,8 +266,10 @@ class MagFaceLoss(_CosineLoss):
         norms = _norms_of(cos, norms, type(self).__name__)
         cos,targ = _prepare(cos, targ)
         a = norms.to(cos.dtype).clamp(self.l_a, self.u_a)
-        t = _psi(cos[torch.arange(len(targ), device=cos.device), targ], 1., self.margin(a), 0., False)
+        t = _psi(cos[torch.arange(len(targ), device=cos.device), targ], 1., self.margin(a), 0., getattr(self, 'easy_margin', False))  # getattr: older pickles
         return self._reduce(_ce(cos, targ, t, self.s) + self.lambda_g*self.g(a))
+
+    def extra_repr(self): return super().extra_repr() + ', easy_margin=True'*getattr(self, 'easy_margin', False)
 
 # %% ../nbs/00a_family.ipynb #6ed83965
 def _loss_preset(cls, **kwargs):

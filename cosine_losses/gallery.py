@@ -268,8 +268,8 @@ def achieved_far(emb, labels, threshold:float, kind:str='verify', max_per_class:
 # %% ../nbs/04d_gallery.ipynb #b18dfe01
 @patch
 def embed_items(self:Learner,
-    items, # a DataLoader; image files, PIL images or raw images (arrays, tensors; a tensor is split along its first axis); or a
-           # float (N, C, H, W) tensor taken as a batch the model reads as is (fastai's `TensorImage` too)
+    items, # a DataLoader; image files, PIL images or raw images (arrays, tensors: a tensor or array is a stack of images along its
+           # first axis, so put one image in a list); or a float (N, C, H, W) tensor: a batch the model reads as is (`TensorImage` too)
     bs:int=64, # batch size
 ) -> tuple:
     "Unit embeddings of `items` through the learner's item and batch transforms, in batches with a progress bar, and the targets if any"
@@ -354,12 +354,17 @@ def enrol_folder(
     folder, # one folder per label, named by it, of that label's images
     gallery:Gallery=None, # add to it; default a new one
     bs:int=64, # batch size
+    calibrate=None, # a folder of images of classes neither trained on nor enrolled; default the enrolled images, each class left out
 ) -> tuple:
-    "(gallery, unreadable [(file, why)]): the images of `folder`/<label>/ enrolled under <label>, then calibrated leaving each class out"
+    "(gallery, unreadable [(file, why)]): the images of `folder`/<label>/ enrolled under <label>, then calibrated"
     ok,bad = _readable(_images(folder))
     if not ok: raise ValueError(f"no readable image in {folder}")
     g = learn.gallery(ok, [f.parent.name for f in ok], gallery=gallery, bs=bs)
-    if len(g.classes) > 1: g.calibrate()
+    if calibrate is not None:
+        cal,bad2 = _readable(_images(calibrate))
+        if not cal: raise ValueError(f"no readable image in {calibrate}")
+        g.calibrate(learn.embed_items(cal, bs)[0], [f.parent.name for f in cal] if Path(calibrate) != cal[0].parent else None); bad += bad2
+    elif len(g.classes) > 1: g.calibrate()
     return g,bad
 
 def identify_folder(

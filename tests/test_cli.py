@@ -3,7 +3,7 @@ import os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from optuna.trial import TrialState
-from cosine_losses.data import synthetic_idx
+from cosine_losses.data import synthetic_idx, synthetic_folder
 from cosine_losses.sweep import open_study
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
@@ -49,17 +49,9 @@ def test_ctrl_c_in_sweep_is_one_line_and_resumes(tmp_path):
 
 FRUIT = ('apple', 'banana', 'cherry', 'damson', 'elder', 'fig')
 
-def _fruit_folder(path, n=20, seed=0):
+def _fruit_folder(path, n=20):
     "RGB PNGs of mixed sizes in class-name folders; returns the files relative to `path` with their classes"
-    import numpy as np
-    from PIL import Image
-    rng,rows = np.random.default_rng(seed),[]
-    for i,c in enumerate(FRUIT):
-        (path/c).mkdir(parents=True)
-        for j in range(n):
-            a = rng.integers(0, 60, (int(rng.integers(24, 40)), int(rng.integers(24, 40)), 3), dtype=np.uint8); a[:12, 2*i:2*i+8, i % 3] = 250
-            Image.fromarray(a).save(path/c/f'{j}.png'); rows.append((f'{c}/{j}.png', c))
-    return rows
+    return [(f'{f.parent.name}/{f.name}', f.parent.name) for f in synthetic_folder(path, FRUIT, n=n)]
 
 def _compare_on(args, out):
     cmd = [_exe('cosine-compare'), *args, '--arch', 'resnet18', '--size', '32', '--seen', '3', '--epochs', '1', '--seeds', '1',
