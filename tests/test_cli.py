@@ -85,3 +85,16 @@ def test_pretrained_offline_is_a_clear_error(tmp_path):
     r = subprocess.run([_exe('cosine-compare'), '--data', str(tmp_path/'fruit'), '--arch', 'resnet18', '--pretrained', '--out', str(tmp_path/'o')],
                        capture_output=True, text=True, env={**ENV, 'TORCH_HOME': str(tmp_path/'torch')}, timeout=300)
     assert r.returncode != 0 and 'pretrained weights of resnet18' in r.stderr and 'not in the local cache' in r.stderr, r.stderr[-2000:]
+
+def test_sweep_on_an_image_folder(tmp_path):
+    import pandas as pd
+    _fruit_folder(tmp_path/'fruit', n=12)
+    out = tmp_path/'out'
+    r = subprocess.run([_exe('cosine-sweep'), '--data', str(tmp_path/'fruit'), '--arch', 'resnet18', '--size', '32', '--seen', 'fig', 'apple', 'cherry',
+                        '--unseen-split', 'all', '--m2', '0.3', '0.5', '--no-softmax', '--epochs', '1', '--seeds', '1', '--bs', '16', '--rank', 'map_at_r',
+                        '--out', str(out)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '6 classes: seen fig, apple, cherry; unseen banana, damson, elder' in r.stdout, r.stdout
+    summ = pd.read_csv(out/'summary.csv')
+    assert len(summ) == 2 and summ.map_at_r.is_monotonic_decreasing and summ.map_at_r.between(0, 100).all()
+    assert pd.read_csv(out/'classes.csv').unseen.tolist() == [0]*3 + [12]*3
