@@ -104,10 +104,12 @@ def _read_pngs(d:Path, classes:list) -> tuple:
     for f,_ in fs:
         try:
             with Image.open(f) as im:
-                if im.mode not in _GREY: raise TypeError(f"{f} is a colour image ({im.mode}): `read_png_folder` reads greyscale; `folder_dls` keeps colour")
+                if im.mode not in _GREY:
+                    raise TypeError(f"{f} is a colour image ({im.mode}): `read_png_folder` reads greyscale; `folder_dls` keeps colour")
                 ims.append(np.array(im.convert('L')))
         except (OSError, SyntaxError, ValueError) as e: raise ValueError(f"{f}: not a readable image ({e})") from None
-        if ims[-1].shape != ims[0].shape: raise ValueError(f"{f} is {ims[-1].shape}, but {fs[0][0]} is {ims[0].shape}: all images must have one size (`folder_dls` resizes)")
+        if ims[-1].shape != ims[0].shape:
+            raise ValueError(f"{f} is {ims[-1].shape}, but {fs[0][0]} is {ims[0].shape}: all images must have one size (`folder_dls` resizes)")
     return torch.from_numpy(np.stack(ims)),torch.tensor([l for _,l in fs])
 
 def read_png_folder(
@@ -331,9 +333,10 @@ def folder_dls(
     files = get_image_files(path)
     if not files: raise FileNotFoundError(f"{path} holds no image files (in class folders, or in train/ and valid/)")
     split = (path/train).is_dir() and (path/valid).is_dir()
-    return DataBlock((ImageBlock(_img_cls(files[0])), CategoryBlock), get_items=partial(get_image_files, folders=[train, valid] if split else None),
-                     get_y=parent_label, splitter=GrandparentSplitter(train, valid) if split else RandomSplitter(valid_pct, seed=seed),
-                     **_dls_kwargs(files[0], size, augment)).dataloaders(path, bs=bs, num_workers=num_workers, **kwargs)
+    block = DataBlock((ImageBlock(_img_cls(files[0])), CategoryBlock), get_items=partial(get_image_files, folders=[train, valid] if split else None),
+                      get_y=parent_label, splitter=GrandparentSplitter(train, valid) if split else RandomSplitter(valid_pct, seed=seed),
+                      **_dls_kwargs(files[0], size, augment))
+    return block.dataloaders(path, bs=bs, num_workers=num_workers, **kwargs)
 
 OML_COLUMNS = 'path','label','split','is_query','is_gallery'
 
@@ -354,18 +357,21 @@ def csv_dls(
     valid_col:str='is_valid', # boolean column marking validation rows, if present; else a seeded `valid_pct` split
     valid_pct:float=0.2, seed:int=0, size=None, augment:bool=False, bs:int=64, num_workers:int=0, **kwargs
 ) -> DataLoaders:
-    "fastai `DataLoaders` of the images a CSV lists; open-metric-learning's 'validation' rows, its new classes, as a third loader for `open_set_dls`"
+    "fastai `DataLoaders` of the images a CSV lists; open-metric-learning's 'validation' rows (new classes) as a third loader"
     df = csv if isinstance(csv, pd.DataFrame) else pd.read_csv(csv)
     oml = {'path', 'label', 'split'} <= set(df.columns)
     fn_col,label_col = ifnone(fn_col, 'path' if oml else df.columns[0]),ifnone(label_col, 'label' if oml else df.columns[1])
-    if missing := [c for c in (fn_col, label_col) if c not in df.columns]: raise ValueError(f"the CSV has no column {missing}: its columns are {list(df.columns)}")
+    if missing := [c for c in (fn_col, label_col) if c not in df.columns]:
+        raise ValueError(f"the CSV has no column {missing}: its columns are {list(df.columns)}")
     if not len(df): raise ValueError("the CSV lists no images")
     root = Path(ifnone(path, Path(csv).parent if not isinstance(csv, pd.DataFrame) else '.'))
     fns = df[fn_col].astype(str)
     pref = '' if fns.map(lambda f: Path(f).is_absolute()).all() else f'{root}{os.path.sep}'
-    splitter = (_oml_splitter(valid_pct, seed) if oml else ColSplitter(valid_col) if valid_col in df.columns else RandomSplitter(valid_pct, seed=seed))
-    return DataBlock((ImageBlock(_img_cls(pref + fns.iloc[0])), CategoryBlock), get_x=ColReader(fn_col, pref=pref), get_y=ColReader(label_col),
-                     splitter=splitter, **_dls_kwargs(pref + fns.iloc[0], size, augment)).dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
+    splitter = _oml_splitter(valid_pct, seed) if oml else ColSplitter(valid_col) if valid_col in df.columns else RandomSplitter(valid_pct, seed=seed)
+    first = pref + fns.iloc[0]
+    block = DataBlock((ImageBlock(_img_cls(first)), CategoryBlock), get_x=ColReader(fn_col, pref=pref), get_y=ColReader(label_col),
+                      splitter=splitter, **_dls_kwargs(first, size, augment))
+    return block.dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
 
 
 # %% ../nbs/03_data.ipynb #3b7e5d29
@@ -377,7 +383,7 @@ def synthetic_folder(
     mode:str='RGB', # 'RGB' for colour, 'L' for greyscale
     seed:int=0, # the noise's and sizes' seed
 ) -> list:
-    "A stand-in for one's photos: PNGs of mixed sizes in class-name folders, class i a bright bar at its own place and colour; returns the files"
+    "A stand-in for one's photos: PNGs of mixed sizes in class-name folders, class i a bright bar of its own place and colour"
     if len(classes) > 8 or sizes[0] < 24: raise ValueError("synthetic_folder draws up to 8 classes on images of at least 24 × 24")
     rng,files = np.random.default_rng(seed),[]
     for i,c in enumerate(classes):

@@ -41,7 +41,8 @@ def pick_seen(
         idx = [int(i) for i in idx]  # in the order given: the head's classes 0..k-1
     else:
         k = n//2 if seen is None else round(seen*n) if isinstance(seen, float) and 0 < seen < 1 else seen
-        if not isinstance(k, (int, np.integer)): raise TypeError(f"seen must be a count, a fraction in (0, 1) or a list of classes, got {seen!r}")
+        if not isinstance(k, (int, np.integer)):
+            raise TypeError(f"seen must be a count, a fraction in (0, 1) or a list of classes, got {seen!r}")
         idx = list(range(k)) if seed is None else sorted(random.Random(seed).sample(range(n), min(max(k, 0), n)))
     if not 0 < len(idx) < n: raise ValueError(f"seen must keep at least one class seen and one unseen of the {n}, got {len(idx)} seen")
     return idx
@@ -53,9 +54,10 @@ def _tensors(data) -> tuple:
     "(x_train, y_train, x_valid, y_valid, vocab, extra batch tfms) of `tensor_dls`-made `DataLoaders`, or of four tensors"
     if isinstance(data, DataLoaders):
         rows = [dl.dataset.items for dl in (data.train, data.valid)]
-        extra = [f for f in data.train.after_batch.fs if not isinstance(f, (IntToFloatTensor, Normalize))]  # re-normalised on the seen classes
+        extra = [f for f in data.train.after_batch.fs if not isinstance(f, (IntToFloatTensor, Normalize))]  # normalised anew: seen classes
         return rows[0].imgs,rows[0].labels,rows[1].imgs,rows[1].labels,list(data.vocab),extra
-    if not (isinstance(data, (tuple, list)) and len(data) == 4): raise TypeError(f"`data` must be DataLoaders, a DataBlock or (x_train, y_train, x_valid, y_valid), got {type(data).__name__}")
+    if not (isinstance(data, (tuple, list)) and len(data) == 4):
+        raise TypeError(f"`data` must be DataLoaders, a DataBlock or (x_train, y_train, x_valid, y_valid), got {type(data).__name__}")
     return (*data, None, [])
 
 def _tensor_open_set(data, seen, seed, vocab, bs, unseen_split, **kwargs):
@@ -100,7 +102,8 @@ def _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs):
     unseen_names,s = [c for c in classes if c not in seen_names],set(seen_names)
     keep = [[i for i,c in enumerate(ns) if c in s] for ns in names[:2]]
     items = _cat(_take(subsets[0], keep[0]), _take(subsets[1], keep[1]))
-    dsets = Datasets(items, [x_fs, [*y_name.fs, Categorize(seen_names, sort=False)]], splits=[range(len(keep[0])), range(len(keep[0]), len(items))])
+    n = len(keep[0])
+    dsets = Datasets(items, [x_fs, [*y_name.fs, Categorize(seen_names, sort=False)]], splits=[range(n), range(n, len(items))])
     dl = dls.train
     new = dsets.dataloaders(bs=ifnone(bs, dl.bs), after_item=dl.after_item.fs, before_batch=dl.before_batch.fs, after_batch=dl.after_batch.fs,
                             device=dls.device, num_workers=dl.num_workers, path=dls.path, dl_type=type(dl), **kwargs)
