@@ -27,13 +27,13 @@ def random_states() -> dict:
 
 def set_random_states(s:dict):
     "Put back the global random states of `random_states`"
-    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
-    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'].cpu())  # `.cpu()`: loaded onto a GPU
+    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all([t.cpu() for t in s['cuda']])
 
 def _shuffler(dl): return dl.dl if isinstance(dl, DistributedDL) else dl  # `DistributedDL` shuffles with its inner loader's `rng`
 
 def resume_at(dl:DataLoader, k:int, states:dict=None):
-    "Make the next pass over `dl` start at its batch `k`, without reading the first `k`; `states` (`random_states`) are put back just before it reads an item"
+    "The next pass over `dl` starts at its batch `k`, unread batches skipped; `states` (`random_states`) are put back before it reads an item"
     d,names = dl.__dict__,('get_idxs', 'create_batches')
     old,(get_idxs,create_batches) = {n: d[n] for n in names if n in d},(getattr(dl, n) for n in names)
     def _idxs(): return list(get_idxs())[k*dl.bs:]  # the epoch's order, drawn from `dl.rng` as without a resume
@@ -64,7 +64,7 @@ def _world(): return (dist.get_rank(),dist.get_world_size()) if dist.is_initiali
 
 # %% ../nbs/04e_checkpoint.ipynb #e4c0000d
 class Checkpoint(Callback):
-    "Save all a fit needs to go on exactly where it stopped, after every epoch (and every `every` batches); the same `fit` again resumes from the last save"
+    "Save all a fit needs to go on exactly where it stopped, every epoch (and `every` batches); the same `fit` again resumes from the last save"
     order,run_valid = 100,False  # after every other callback: all have updated their state when it is saved
     def __init__(self,
         fname:str='checkpoint', # files `{fname}-step{n}.pth`, `{fname}-step{n}-rank{r}.pth` for each of several processes
@@ -109,6 +109,7 @@ class Checkpoint(Callback):
             if s < self.train_iter: self._file(s).unlink(missing_ok=True)
 
     def before_fit(self):
+        if hasattr(self.learn, 'lr_finder'): self.run = False; return  # `lr_find`'s mock fit is no part of the run (fastai resets `run`)
         self.dir = Path(ifnone(self.path, self.learn.path/self.learn.model_dir))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.start,self.skip,self.offset,self.off,self.resumed = 0,0,0,[],None
@@ -116,14 +117,14 @@ class Checkpoint(Callback):
         if step is None: return
         st = torch.load(self._file(step), map_location=one_param(self.model).device, weights_only=False)  # our own pickle, not a download
         if (st['n_epoch'], st['n_iter']) != (self.n_epoch, len(self.dls.train)):
-            raise ValueError(f"{self._file(step)} is a fit of {st['n_epoch']} epochs of {st['n_iter']} batches, not {self.n_epoch} of {len(self.dls.train)}: "
-                             "remove it to start again")
+            raise ValueError(f"{self._file(step)} is a fit of {st['n_epoch']} epochs of {st['n_iter']} batches, "
+                             f"not {self.n_epoch} of {len(self.dls.train)}: remove it to start again")
         get_model(self.model).load_state_dict(st['model'])
         self.opt.load_state_dict(st['opt'])
         if st['loss']: self.loss_func.load_state_dict(st['loss'])
         for k,s in st['gens'].items():
             if not isinstance(getattr(self.loss_func, k, None), torch.Generator): setattr(self.loss_func, k, torch.Generator())
-            getattr(self.loss_func, k).set_state(s)
+            getattr(self.loss_func, k).set_state(s.cpu())
         mine = [cb for cb in self.learn.cbs if cb is not self]
         seen = {}
         for name,state in st['cbs']:  # the n-th callback of each type gets the n-th saved one's state

@@ -16,7 +16,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 from .losses import CombinedMarginLoss, check_margins, target_logit
 from .heads import ArcFaceHead, _Cosines
-from .learner import _head_learner, _dynamic, _SAVE_AS
+from .learner import _head_learner, _dynamic, _SAVE_AS, _AFTER_LOAD
 
 # %% auto #0
 __all__ = ['gather_rows', 'sample_centres', 'sharded_margin_loss', 'ShardedArcFaceHead', 'ShardedMarginLoss', 'sharded_learner']
@@ -317,8 +317,28 @@ def export(self:Learner, fname='export.pkl', **kwargs):
     heads = _sharded_heads(getattr(self.model, 'module', self.model))
     _fastai_export(self.unsharded() if heads else self, fname, **kwargs)
 
+def _gather_opt(learn, full):
+    "Give `full` (`learn.unsharded()`) `learn`'s optimiser state, each sharded head's rows gathered from every rank (a collective)"
+    heads = {id(h.weight) for h in _sharded_heads(getattr(learn.model, 'module', learn.model)).values()}
+    sd = learn.opt.state_dict()
+    gather = lambda p,v: gather_rows(v.contiguous()) if isinstance(v, Tensor) and v.shape == p.shape else v  # the per-centre moments
+    state = [{k: gather(p, v) for k,v in s.items()} if id(p) in heads else s for (p,*_),s in zip(learn.opt.all_params(), sd['state'])]
+    full.create_opt()
+    full.opt.load_state_dict({'state': state, 'hypers': sd['hypers']})
+
 def _save_unsharded(learn):
-    "`Learner.save` (in `learner`) writes `unsharded()` for sharded centres: rank 0 saves all C centres, which `load` splits again (call on every rank)"
-    return learn.unsharded() if _sharded_heads(getattr(learn.model, 'module', learn.model)) else None
+    "`Learner.save` (in `learner`) writes `unsharded()` for sharded centres: rank 0 saves all C centres and their optimiser state (call on every rank)"
+    if not _sharded_heads(getattr(learn.model, 'module', learn.model)): return None
+    full = learn.unsharded()
+    if getattr(learn, 'opt', None) is not None: _gather_opt(learn, full)
+    return full
+
+def _take_opt_blocks(learn):
+    "After `load`, each sharded head keeps its rank's rows of the optimiser state saved for all C centres, as `_take_block` does for the weights"
+    for h in _sharded_heads(getattr(learn.model, 'module', learn.model)).values():
+        s = learn.opt.state.get(h.weight, {}) if learn.opt is not None else {}
+        for k,v in s.items():
+            if isinstance(v, Tensor) and v.ndim == 2 and len(v) == h.n_out != len(h.weight): s[k] = v[h.start:h.stop].clone()
 
 _SAVE_AS.append(_save_unsharded)
+_AFTER_LOAD.append(_take_opt_blocks)

@@ -80,13 +80,15 @@ class Gallery:
 
     def _check(self, emb, fingerprint:str=None) -> np.ndarray:
         emb = _unit(emb)
-        if self.d is not None and emb.shape[1] != self.d: raise GalleryMismatch(f"embeddings of size {emb.shape[1]}, but the gallery holds size {self.d}")
+        if self.d is not None and emb.shape[1] != self.d:
+            raise GalleryMismatch(f"embeddings of size {emb.shape[1]}, but the gallery holds size {self.d}")
         self.check_model(fingerprint)
         return emb
     def check_model(self, fingerprint:str=None):
         "Refuse a model other than the gallery's, by `model_fingerprint`"
         if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
-            raise GalleryMismatch(f"this gallery was made with another model (fingerprint {self.fingerprint}, this one's is {fingerprint}): enrol again")
+            raise GalleryMismatch(f"this gallery was made with another model (fingerprint {self.fingerprint}, "
+                                  f"this one's is {fingerprint}): enrol again")
     def _new_index(self, emb):
         idx = faiss.index_factory(self.d, self.index, faiss.METRIC_INNER_PRODUCT)
         if not idx.is_trained: idx.train(emb)  # an IVF's coarse centroids, from the first images enrolled
@@ -173,7 +175,8 @@ class Gallery:
             s,l = self.search(self._index.reconstruct_n(0, len(self)), 2)
             top = np.where(l[:,0] == np.array(self.labels, dtype=object), s[:,1], s[:,0])
         else:
-            if labels is not None and {_label(o) for o in labels} & set(self.classes): raise ValueError("calibration images must be of classes not enrolled")
+            if labels is not None and {_label(o) for o in labels} & set(self.classes):
+                raise ValueError("calibration images must be of classes not enrolled")
             top = self.search(emb, 1)[0][:,0]
         self.impostor = np.sort(top).astype(np.float32)
         return self
@@ -210,7 +213,8 @@ class Gallery:
             idx = faiss.deserialize_index(np.frombuffer(z.read('index.faiss'), np.uint8)) if 'index.faiss' in names else None
         g = cls(meta['index'], meta['params'], meta['threshold'], meta['fingerprint'])
         g.d,g.vocab,g.codes,g.impostor,g._index = meta['d'],meta['vocab'],codes,imp,idx
-        if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)): raise ValueError(f"{path} is inconsistent")
+        if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)):
+            raise ValueError(f"{path} is inconsistent: {len(codes)} labels, {meta['n']} in its metadata")
         if idx is not None:
             for k,v in (g.params or {}).items(): faiss.ParameterSpace().set_index_parameter(idx, k, v)
         g.check_model(fingerprint)
@@ -218,9 +222,10 @@ class Gallery:
 
 # %% ../nbs/04d_gallery.ipynb #925d34b1
 class Calibration(NamedTuple):
+    "A threshold of `calibrate_threshold`, the FAR it gets on the calibration classes, and its bootstrap-over-classes interval"
     threshold:float; far:float; achieved:float; interval:tuple; kind:str
-    def __repr__(self): return (f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the calibration classes, "
-                                f"{self.interval[0]:.2%}–{self.interval[1]:.2%} expected on new ones)")
+    def __repr__(self): return (f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the "
+                                f"calibration classes, bootstrap interval {self.interval[0]:.2%}–{self.interval[1]:.2%})")
 
 def _impostor_blocks(emb, labels, kind, max_per_class, shots, seed):
     "Impostor scores by class pair (verification) or by stranger class (identification): ({class pair or class: scores}, classes)"

@@ -161,6 +161,7 @@ def get_embeddings(self:Learner,
 
 # %% ../nbs/02_learner.ipynb #b7e1a2c4
 _SAVE_AS = []  # `f(learn)`: the learner whose state `save` writes in place of `learn`, or None; `distributed` adds one for sharded centres
+_AFTER_LOAD = []  # `f(learn)` after `load`: `distributed` keeps each rank's block of the sharded centres' optimiser state
 
 def _saved_learner(learn):
     for f in _SAVE_AS:
@@ -214,6 +215,7 @@ def load(self:Learner, file, device=None, with_opt:bool=True, strict:bool=True, 
         else:
             try: self.opt.load_state_dict(state['opt'])
             except Exception: warn("Could not load the optimizer state.")
+    for f in _AFTER_LOAD: f(self)
     _load_loss(self.loss_func, state.get('loss', {}) if ours else {}, file)
     return self
 

@@ -96,11 +96,15 @@ def fit_sharded():
     head = learn.model[-1]
     learn.export(out/'sharded.pkl')
     learn.path = out
-    learn.save('ckpt')  # all C centres, from rank 0
+    moments = {k: v.clone() for k,v in learn.opt.state[head.weight].items() if isinstance(v, torch.Tensor)}  # Adam's, of this rank's centres
+    learn.save('ckpt')  # all C centres and their optimiser state, from rank 0
     block = head.weight.detach().clone()
     with torch.no_grad(): head.weight.zero_()
     learn.load('ckpt', with_opt=False)  # each rank its block again
     res['reloaded'] = torch.equal(head.weight, block)
+    learn.load('ckpt')  # and its block of the optimiser state
+    res['opt_block'] = moments
+    res['opt_reloaded'] = len(moments) > 0 and all(torch.equal(learn.opt.state[head.weight][k], v) for k,v in moments.items())
     res['sharded'] = dict(weights=flat(learn.model, head.weight), block=head.weight.detach().clone(), start=head.start,
                           values=values, preds=preds, targs=targs)
 

@@ -148,8 +148,13 @@ def test_sharded_learner_fit_preds_export(ranks, real_mnist):
     assert type(head) is ArcFaceHead and head.weight.shape == (11, 128) and type(learn.loss_func) is CombinedMarginLoss
     torch.testing.assert_close(head.weight.data, torch.cat([a['block'], b['block']]), rtol=0, atol=0)
     assert res[0]['reloaded'] and res[1]['reloaded']  # `save` wrote all C centres, `load` gave each rank its block back
-    state = torch.load(out/'models'/'ckpt.pth', weights_only=True)
-    torch.testing.assert_close(state[f'{len(learn.model)-1}.weight'], head.weight.data, rtol=0, atol=0)
+    assert res[0]['opt_reloaded'] and res[1]['opt_reloaded']  # and each rank its block of the optimiser state
+    from cosine_losses.learner import _safe_load
+    state = _safe_load(out/'models'/'ckpt.pth', 'cpu')
+    torch.testing.assert_close(state['model'][f'{len(learn.model)-1}.weight'], head.weight.data, rtol=0, atol=0)
+    saved = state['opt']['state'][-1]  # the head's weight, the model's last parameter: the moments of all C centres
+    assert set(res[0]['opt_block']) == {'grad_avg', 'sqr_avg'}
+    for k in 'grad_avg','sqr_avg': torch.testing.assert_close(saved[k], torch.cat([res[0]['opt_block'][k], res[1]['opt_block'][k]]), rtol=0, atol=0)
     dls = mnist_dls(real_mnist, bs=64, n_train=512, n_valid=301)
     one = sharded_learner(dls, n_out=11, path=out)  # one process: the checkpoint of 2 loads whole
     torch.testing.assert_close(one.load('ckpt', with_opt=False).model[-1].weight.data, head.weight.data, rtol=0, atol=0)

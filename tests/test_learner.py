@@ -240,7 +240,7 @@ def test_dynamic_margins_from_mnist_labels(dls):
         l.loss_func(l.model(dls.one_batch()[0][:4]), dls.one_batch()[1][:4])
 
 def test_lr_find_leaves_loss_statistics(dls):
-    "lr_find puts the model back; KeepLossStats puts AdaFace's μ, σ back too (without it they move)"
+    "lr_find puts the model back, and AdaFace's μ, σ too: KeepLossStats, and without it lr_find's reload of what `save` wrote"
     from cosine_losses.learner import KeepLossStats
     l = cosine_learner(dls, emb_size=16, loss_func=AdaFaceLoss(s=30.))
     assert any(isinstance(c, KeepLossStats) for c in l.cbs)
@@ -249,5 +249,12 @@ def test_lr_find_leaves_loss_statistics(dls):
     assert all(torch.equal(v, l.loss_func.state_dict()[k]) for k,v in before.items())
     l.remove_cb(KeepLossStats)
     with l.no_bar(): l.lr_find(show_plot=False, num_it=30)
-    assert not torch.equal(before['mu'], l.loss_func.mu)
+    assert all(torch.equal(v, l.loss_func.state_dict()[k]) for k,v in before.items())  # `save` carries the loss's buffers
+    from fastai.callback.core import Callback
+    moved = []
+    class Moved(Callback):
+        order = -100  # before LRFinder's `after_fit` puts everything back
+        def after_fit(self): moved.append(self.loss_func.mu.item())
+    with l.no_bar(), l.added_cbs(Moved()): l.lr_find(show_plot=False, num_it=30)
+    assert moved[0] != before['mu'].item() and l.loss_func.mu == before['mu']  # they moved in the mock training, and were put back
     assert not any(isinstance(c, KeepLossStats) for c in cosine_learner(dls, emb_size=8).cbs)  # only for losses with statistics

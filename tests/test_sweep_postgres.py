@@ -38,20 +38,20 @@ def _start(url, seeds, secs):
     return subprocess.Popen([sys.executable, WORKER, url, str(seeds), str(secs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
-def _done(url):
-    st = open_study(url, 't')
+def _done(st):
+    "Runs finished once each, and the study; `st` is the test's one `open_study`: each call opens an engine whose connections stay open"
     return Counter(_key(t.params) for t in st.get_trials(states=(TrialState.COMPLETE,))),st
 
 def test_two_workers_one_killed_every_run_once(pg_url):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    open_study(pg_url, 't')  # the schema and study exist before the workers race for runs
+    study = open_study(pg_url, 't')  # the schema and study exist before the workers race for runs; polled through this one engine
     ws = [_start(pg_url, 2, .25) for _ in range(2)]
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # kill worker 0 while both run a trial, after some run finished
             time.sleep(.2)
             for w in ws: assert w.poll() is None, w.stderr.read().decode()[-2000:]
-            done,st = _done(pg_url)
+            done,st = _done(study)
             if sum(done.values()) >= 1 and sum(t.state == TrialState.RUNNING for t in st.trials) == 2: break
         else: pytest.fail('the two workers never ran two trials at once')
         ws[0].send_signal(signal.SIGKILL); ws[0].wait()
@@ -60,7 +60,7 @@ def test_two_workers_one_killed_every_run_once(pg_url):
     finally:
         for w in ws:
             if w.poll() is None: w.kill(); w.wait()
-    done,st = _done(pg_url)
+    done,st = _done(study)
     assert done == JOBS(2)  # every (configuration, seed) finished exactly once
     assert any(t.state == TrialState.FAIL for t in st.trials)  # the killed worker's run, failed by its missing heartbeat
     import psycopg  # the study lives in the server: read it back with the driver alone
