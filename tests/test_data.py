@@ -163,14 +163,19 @@ def test_png_errors(tmp_path):
     with pytest.raises(ValueError, match=f"{bad}: not a readable image"): read_png_folder(tmp_path)
     Image.new('L', (27, 28)).save(bad)
     with pytest.raises(ValueError, match=rf"{bad} is \(28, 27\)"): read_png_folder(tmp_path)
-    bad.unlink(); (tmp_path/'training/cat').mkdir()
-    with pytest.raises(ValueError, match=r"named by their label .* got \['cat'\]"): read_png_folder(tmp_path)
+    bad.unlink()
     with pytest.raises(FileNotFoundError): read_png_folder(tmp_path/'nothing')
 
-def test_png_rgb_is_converted(tmp_path):
+def test_png_word_named_class_folders(tmp_path):
+    make_png(tmp_path, n=1)
+    (tmp_path/'training/cat').mkdir(); Image.new('L', (28, 28), 7).save(tmp_path/'training/cat/0.png')
+    xt,yt,xv,yv,vocab = read_png_folder(tmp_path, with_vocab=True)
+    assert vocab == ['0', '1', '2', 'cat'] and yt.tolist() == [0, 1, 2, 3] and xt[3].eq(7).all()  # names, not all digits: labels index them
+
+def test_png_rgb_is_refused_not_greyed(tmp_path):
     x = make_png(tmp_path, n=1, n_classes=1)[0]
     Image.fromarray(x[0].numpy()).convert('RGB').save(tmp_path/'training/0/0.png')
-    assert (read_png_folder(tmp_path)[0][0].int() - x[0].int()).abs().max() <= 1
+    with pytest.raises(TypeError, match=r"0\.png is a colour image \(RGB\).*`folder_dls` keeps colour"): read_png_folder(tmp_path)
 
 # ----------------------------------------------------------------------------------------------------
 # Finding MNIST
