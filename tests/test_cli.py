@@ -29,7 +29,9 @@ def _done(db):
 def test_ctrl_c_in_sweep_is_one_line_and_resumes(tmp_path):
     data,out = synthetic_idx(tmp_path/'data', n_train=1024, n_valid=256),tmp_path/'out'
     cmd = [_exe('cosine-sweep'), '--data', str(data), '--m2', '0.3', '0.5', '--epochs', '2', '--seeds', '2', '--bs', '128', '--out', str(out)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    # a shell's background jobs (CI started with `&`) ignore SIGINT, and children inherit that: give the command a terminal's default
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while _done(out/'sweep.db') < 1 and p.poll() is None and time.time() < deadline: time.sleep(.5)
     assert p.poll() is None, f"the sweep ended before it could be interrupted: {p.communicate()[1][-2000:]}"
