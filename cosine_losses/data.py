@@ -7,7 +7,6 @@ Docs: https://cosine-losses.github.io/cosine_losses/data.html.md"""
 # %% ../nbs/03_data.ipynb #fda9ee0a
 from __future__ import annotations
 import gzip, math, os, struct, tempfile, warnings, zlib
-from functools import partial
 from collections import namedtuple
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -88,17 +87,16 @@ def read_idx_folder(
 # %% ../nbs/03_data.ipynb #206372fd
 _GREY = 'L','1','I','I;16','F'
 
-def _class_dirs(*ds:Path) -> list:
-    "Class folder names found in any of `ds`: numerically sorted when they are all digits (MNIST's labels), else by name"
+def _class_labels(*ds:Path) -> dict:
+    "{class folder name: label} over `ds`: digit names are their own label (MNIST's), other names index their sorted list"
     for d in ds:
         if not d.is_dir(): raise FileNotFoundError(f"{d} is not a folder")
     names = sorted({o.name for d in ds for o in d.iterdir() if o.is_dir()})
-    return sorted(names, key=int) if all(n.isdigit() for n in names) else names
+    return {c: int(c) for c in sorted(names, key=int)} if all(n.isdigit() for n in names) else {c: i for i,c in enumerate(names)}
 
-def _read_pngs(d:Path, classes:list) -> tuple:
-    "Greyscale images and labels from `d/<class>/*.png`; a digit-named class is its own label, else its index in `classes`"
-    idx = {c: int(c) if all(o.isdigit() for o in classes) else i for i,c in enumerate(classes)}
-    fs = [(f, idx[c]) for c in classes for f in sorted((d/c).glob('*.png'))]
+def _read_pngs(d:Path, labels:dict) -> tuple:
+    "Greyscale images and labels from `d/<class>/*.png`"
+    fs = [(f, l) for c,l in labels.items() for f in sorted((d/c).glob('*.png'))]
     if not fs: raise FileNotFoundError(f"{d} has no <class>/*.png images")
     ims = []
     for f,_ in fs:
@@ -120,9 +118,9 @@ def read_png_folder(
 ) -> tuple:
     "(x_train, y_train, x_valid, y_valid[, vocab]) from greyscale PNGs of one size in class folders, decoded once"
     d = [Path(path)/train, Path(path)/valid]
-    classes = _class_dirs(*d)
-    res = (*_read_pngs(d[0], classes),*_read_pngs(d[1], classes))
-    vocab = list(range(int(classes[-1])+1)) if all(c.isdigit() for c in classes) else classes
+    labels = _class_labels(*d)
+    res = (*_read_pngs(d[0], labels),*_read_pngs(d[1], labels))
+    vocab = list(range(max(labels.values())+1)) if all(c.isdigit() for c in labels) else list(labels)
     return (*res, vocab) if with_vocab else res
 
 
@@ -330,10 +328,10 @@ def folder_dls(
 ) -> DataLoaders:
     "fastai `DataLoaders` of an image folder: class names from the folders, colour kept (greyscale when the images are), any sizes"
     path = Path(path)
-    files = get_image_files(path)
-    if not files: raise FileNotFoundError(f"{path} holds no image files (in class folders, or in train/ and valid/)")
     split = (path/train).is_dir() and (path/valid).is_dir()
-    block = DataBlock((ImageBlock(_img_cls(files[0])), CategoryBlock), get_items=partial(get_image_files, folders=[train, valid] if split else None),
+    files = get_image_files(path, folders=[train, valid] if split else None)  # read once: big trees take long to walk
+    if not files: raise FileNotFoundError(f"{path} holds no image files (in class folders, or in train/ and valid/)")
+    block = DataBlock((ImageBlock(_img_cls(files[0])), CategoryBlock), get_items=lambda _: files,
                       get_y=parent_label, splitter=GrandparentSplitter(train, valid) if split else RandomSplitter(valid_pct, seed=seed),
                       **_dls_kwargs(files[0], size, augment))
     return block.dataloaders(path, bs=bs, num_workers=num_workers, **kwargs)
@@ -359,7 +357,7 @@ def csv_dls(
 ) -> DataLoaders:
     "fastai `DataLoaders` of the images a CSV lists; open-metric-learning's 'validation' rows (new classes) as a third loader"
     df = csv if isinstance(csv, pd.DataFrame) else pd.read_csv(csv)
-    oml = {'path', 'label', 'split'} <= set(df.columns)
+    oml = set(OML_COLUMNS[:3]) <= set(df.columns)  # `is_query`, `is_gallery` are optional
     fn_col,label_col = ifnone(fn_col, 'path' if oml else df.columns[0]),ifnone(label_col, 'label' if oml else df.columns[1])
     if missing := [c for c in (fn_col, label_col) if c not in df.columns]:
         raise ValueError(f"the CSV has no column {missing}: its columns are {list(df.columns)}")

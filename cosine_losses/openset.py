@@ -98,8 +98,8 @@ def _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs):
     names = [[y_name(o) for o in _rows(items)] for items in subsets]  # labels only: the images are not read
     if len(subsets) == 3: seen_names = list(dls.vocab)  # made with `ClassSplitter`: its training split holds the seen classes
     else: seen_names = [dls.vocab[i] for i in pick_seen(dls.vocab, seen, seed)]
-    classes = [*seen_names, *sorted({c for ns in names for c in ns} - set(seen_names))]
-    unseen_names,s = [c for c in classes if c not in seen_names],set(seen_names)
+    s = set(seen_names)
+    unseen_names = sorted({c for ns in names for c in ns} - s)
     keep = [[i for i,c in enumerate(ns) if c in s] for ns in names[:2]]
     items = _cat(_take(subsets[0], keep[0]), _take(subsets[1], keep[1]))
     n = len(keep[0])
