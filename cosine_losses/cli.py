@@ -1,4 +1,4 @@
-"""`cosine-compare` and `cosine-sweep`: the comparison and the sweeps from a shell, closed-set or open-set.
+"""`cosine-compare`, `cosine-sweep` and `cosine-gallery`: the comparison and the sweeps, closed-set or open-set, and enrolment and identification, from a shell.
 
 Docs: https://cosine-losses.github.io/cosine_losses/cli.html.md"""
 
@@ -39,9 +39,13 @@ def load_data(data=None, csv=None, bs:int=256, seen=(), seen_seed=None, unseen_s
     if data is not None and csv is not None: raise ValueError("give --data or --csv, not both")
     dls = load_dls(ifnone(csv, data), bs, _seen(seen), seen_seed, unseen_split, size, augment, valid_pct, n_train=n_train, n_valid=n_valid)
     tab = class_table(dls)
-    print(f"{len(tab)} classes: " + '; '.join(f"{r} {', '.join(map(str, g.index))}" for r,g in tab.groupby('role', sort=False)), flush=True)
+    print(f"{len(tab)} classes: " + '; '.join(f"{len(g)} {r} ({_some(g.index)})" for r,g in tab.groupby('role', sort=False)), flush=True)
     if out is not None: Path(out).mkdir(parents=True, exist_ok=True); tab.to_csv(Path(out)/'classes.csv')
     return dls
+
+def _some(names, n:int=5) -> str:
+    "The first `n` of `names`, then how many more: a thousand class names do not belong on one line"
+    return ', '.join(map(str, names[:n])) + (f", ... {len(names)-n} more" if len(names) > n else '')
 
 def _interrupted(out):
     print(f"\ninterrupted: the finished runs are kept in {out}; run the same command again to resume", file=sys.stderr)
@@ -131,7 +135,7 @@ def cosine_sweep(
 
 # %% ../nbs/09_cli.ipynb #9a11e002
 from fastcore.script import CliError
-from .gallery import Gallery, enrol_folder, identify_folder, load_model
+from .gallery import Gallery, GalleryMismatch, enrol_folder, identify_folder, load_model
 
 def _skipped(bad):
     if bad: print(f"skipped {len(bad)} unreadable image(s):\n" + '\n'.join(f'  {f}: {why}' for f,why in bad), file=sys.stderr)
@@ -142,6 +146,7 @@ def cosine_gallery(
     model:str, # an exported learner (`learn.export`)
     folder:str, # enrol: one folder of images per label, named by it; identify: the query images
     gallery:str='gallery.zip', # the gallery file: written by `enrol` (added to if it exists), read by `identify`
+    replace:bool=False, # enrol: start the gallery file anew instead of adding to it (e.g. for another model)
     calibrate:str=None, # enrol: a folder of images of classes neither trained on nor enrolled, to calibrate on
     far:float=None, # identify: the share of strangers that may be accepted, by the gallery's calibration
     threshold:float=None, # identify: a cosine threshold instead of `--far`
@@ -153,14 +158,18 @@ def cosine_gallery(
     try:
         learn = load_model(model, cpu=cpu or not torch.cuda.is_available())
         if action == 'enrol':
-            g = Gallery.load(gallery) if Path(gallery).exists() else None
-            g,bad = enrol_folder(learn, folder, g, bs, calibrate=calibrate)
+            g = Gallery.load(gallery) if Path(gallery).exists() and not replace else None
+            try: g,bad = enrol_folder(learn, folder, g, bs, calibrate=calibrate)
+            except GalleryMismatch as e: raise CliError(f"{gallery} was enrolled with another model than {model}: {e}. Enrol into a new "
+                                                        f"--gallery file, or pass --replace to start {gallery} anew") from None
             g.save(gallery); _skipped(bad)
             print(f"enrolled {len(g)} images of {len(g.classes)} classes into {gallery}")
         else:
             if far is None and threshold is None: raise CliError("pass --far (a false-accept rate) or --threshold")
             if not Path(gallery).is_file(): raise CliError(f"no gallery file {gallery}: run `cosine-gallery enrol` first")
-            df,bad = identify_folder(learn, Gallery.load(gallery), folder, threshold, far, bs)
+            try: df,bad = identify_folder(learn, Gallery.load(gallery), folder, threshold, far, bs)
+            except GalleryMismatch as e: raise CliError(f"{gallery} was enrolled with another model than {model}: {e}. Identify with the "
+                                                        f"model it was enrolled with, or enrol its images again with {model}") from None
             df.to_csv(out, index=False); _skipped(bad)
             print(f"identified {len(df)} images, {(df.label == 'unknown').sum()} unknown: wrote {out}")
     except (FileNotFoundError, ValueError) as e: raise CliError(str(e)) from None

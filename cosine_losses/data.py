@@ -1,4 +1,4 @@
-"""`mnist_dls`: MNIST, or any dataset in IDX form, as in-memory tensors behind fastai `DataLoaders`.
+"""The data to train on, as fastai `DataLoaders`: MNIST and other IDX sets as in-memory tensors (`mnist_dls`), image folders and CSVs of any classes, colour and sizes (`folder_dls`, `csv_dls`).
 
 Docs: https://cosine-losses.github.io/cosine_losses/data.html.md"""
 

@@ -34,8 +34,16 @@ def _unit(emb) -> np.ndarray:
     emb = emb.detach().cpu().as_subclass(Tensor).float().numpy() if isinstance(emb, Tensor) else np.asarray(emb, dtype=np.float32)
     if emb.ndim == 1: emb = emb[None]
     if emb.ndim != 2: raise ValueError(f"embeddings must be (N, d), got shape {emb.shape}")
-    if not np.isfinite(emb).all(): raise ValueError("embeddings must be finite")
-    return np.ascontiguousarray(emb/np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    n = np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
+    if bad := [f"{k.sum()} {what} (rows {_positions(k)})" for k,what in ((~np.isfinite(emb).all(1), 'not finite'), (n[:,0] == 0, 'zero'))
+               if k.any()]:
+        raise ValueError(f"of {len(emb)} embeddings, {' and '.join(bad)}: such a row has no direction to compare; nothing was added or searched")
+    return np.ascontiguousarray(emb/n, dtype=np.float32)
+
+def _positions(mask, show:int=10) -> str:
+    "The positions where `mask` holds, the first `show` of them"
+    i = np.flatnonzero(mask)
+    return ', '.join(map(str, i[:show])) + (f", ... {len(i)-show} more" if len(i) > show else '')
 
 def _label(o):
     "A label as JSON keeps it: a string or an int"
@@ -81,14 +89,14 @@ class Gallery:
     def _check(self, emb, fingerprint:str=None) -> np.ndarray:
         emb = _unit(emb)
         if self.d is not None and emb.shape[1] != self.d:
-            raise GalleryMismatch(f"embeddings of size {emb.shape[1]}, but the gallery holds size {self.d}")
+            raise GalleryMismatch(f"embeddings of size {emb.shape[1]}, but the gallery holds size {self.d} (another model's)")
         self.check_model(fingerprint)
         return emb
     def check_model(self, fingerprint:str=None):
         "Refuse a model other than the gallery's, by `model_fingerprint`"
         if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
-            raise GalleryMismatch(f"this gallery was made with another model (fingerprint {self.fingerprint}, "
-                                  f"this one's is {fingerprint}): enrol again")
+            raise GalleryMismatch(f"the gallery was enrolled with another model (fingerprint {self.fingerprint}, "
+                                  f"these embeddings' model has {fingerprint}); a gallery holds one model's embeddings")
     def _new_index(self, emb):
         idx = faiss.index_factory(self.d, self.index, faiss.METRIC_INNER_PRODUCT)
         if not idx.is_trained: idx.train(emb)  # an IVF's coarse centroids, from the first images enrolled

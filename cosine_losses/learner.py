@@ -145,18 +145,27 @@ def softmax_learner(
     return _head_learner(dls, arch, head=nn.Linear, loss_func=ifnone(loss_func, CrossEntropyLossFlat()), emb_size=emb_size, **kwargs)
 
 # %% ../nbs/02_learner.ipynb #a782eede
+class _HeadInputs(Callback):
+    "`pred` becomes the head's input (from `hook`) and no loss is computed, so labels may lie outside the head's classes; targets kept aside"
+    order = GatherPredsCallback.order - 1  # before the gathering, which must see the features
+    def before_validate(self): self.targs = []
+    def before_batch(self):
+        if len(self.yb): self.targs.append(self.learn.to_detach(self.yb[0])); self.learn.yb = ()  # no targets, no loss
+    def after_pred(self): self.learn.pred = self.hook.stored
+
 @patch
 def get_embeddings(self:Learner,
     ds_idx:int=1, # which dataset: 0 training, 1 validation
     dl:DataLoader=None, # any DataLoader instead, e.g. `dls.test_dl(items)`
     normalize:bool=True, # L2-normalise the features, as the cosine head sees them
 ):
-    "Features entering the model's last layer, for every item of `dl`, with the targets"
-    feats = []
-    def _grab(m, i, o): feats.append(i[0].detach().float().cpu())
-    with Hook(self.model[-1], _grab, detach=False):
-        _,targs = self.get_preds(ds_idx=ds_idx, dl=dl)
-    feats = torch.cat(feats)
+    "Features entering the model's last layer, for every item of `dl`, with its targets (`None` without labels); the loss is never evaluated"
+    dl = ifnone(dl, self.dls[ds_idx])
+    if isinstance(dl, DataLoader): dl = dl.new(shuffle=False, drop_last=False)
+    cb = _HeadInputs()
+    with Hook(self.model[-1], lambda m,i,o: i[0].float()) as cb.hook:
+        feats,_ = self.get_preds(dl=dl, act=noop, reorder=False, with_targs=False, cbs=cb)
+    targs = torch.cat(cb.targs) if cb.targs else None
     return (F.normalize(feats, dim=1) if normalize else feats), targs
 
 # %% ../nbs/02_learner.ipynb #b7e1a2c4

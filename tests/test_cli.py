@@ -64,7 +64,7 @@ def _compare_on(args, out):
 
 def _check_compare_out(stdout, out, n_seen_imgs):
     import pandas as pd
-    assert '6 classes: seen apple, banana, cherry; unseen damson, elder, fig' in stdout, stdout
+    assert '6 classes: 3 seen (apple, banana, cherry); 3 unseen (damson, elder, fig)' in stdout, stdout
     cl,ep = pd.read_csv(out/'classes.csv'),pd.read_csv(out/'epochs.csv')
     assert cl['class'].tolist() == list(FRUIT) and cl.role.tolist() == ['seen']*3 + ['unseen']*3
     assert (cl.train + cl.valid).tolist() == n_seen_imgs + [0]*3 and cl.unseen[:3].sum() == 0 and cl.unseen[3:].sum() > 0
@@ -96,7 +96,7 @@ def test_sweep_on_an_image_folder(tmp_path):
                         '--unseen-split', 'all', '--m2', '0.3', '0.5', '--no-softmax', '--epochs', '1', '--seeds', '1', '--bs', '16', '--rank', 'map_at_r',
                         '--out', str(out)], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert '6 classes: seen fig, apple, cherry; unseen banana, damson, elder' in r.stdout, r.stdout
+    assert '6 classes: 3 seen (fig, apple, cherry); 3 unseen (banana, damson, elder)' in r.stdout, r.stdout
     summ = pd.read_csv(out/'summary.csv')
     assert len(summ) == 2 and summ.map_at_r.is_monotonic_decreasing and summ.map_at_r.between(0, 100).all()
     assert pd.read_csv(out/'classes.csv').unseen.tolist() == [0]*3 + [12]*3

@@ -37,8 +37,8 @@ g.add(np.load({str(tmp_path/'q.npy')!r})[:2], ['dee', 'ann']).remove('bob').save
     assert g2.labels == ['ann', 'ann', 'cy', 7, 'dee', 'ann'] and g2.classes == ['ann', 'cy', 7, 'dee']
     np.testing.assert_allclose(g2.search(q[:1], 1)[0], [[1.]], atol=1e-6)  # the probe enrolled as 'dee' finds itself
     assert g2.search(q[:1], 1)[1][0, 0] == 'dee'
-    with pytest.raises(GalleryMismatch, match='made with another model'): Gallery.load(p, fingerprint='beef')
-    with pytest.raises(GalleryMismatch, match='made with another model'): g2.add(_emb(1), ['x'], fingerprint='beef')
+    with pytest.raises(GalleryMismatch, match='enrolled with another model'): Gallery.load(p, fingerprint='beef')
+    with pytest.raises(GalleryMismatch, match='enrolled with another model'): g2.add(_emb(1), ['x'], fingerprint='beef')
     with pytest.raises(GalleryMismatch, match='size 8, but the gallery holds size 16'): g2.add(_emb(1, d=8), ['x'])
 
 def test_save_killed_midway_leaves_the_old_gallery(tmp_path):
@@ -174,6 +174,27 @@ def test_cosine_gallery_end_to_end(tmp_path):
     with pytest.raises(CliError, match='no gallery file'): cosine_gallery('identify', str(tmp_path/'model.pkl'), str(queries), gallery='none', far=.1)
     with pytest.raises(CliError, match='cannot resolve FAR 0.01'):  # 12 enrolled images calibrate FAR ≥ 10/12 only
         cosine_gallery('identify', str(tmp_path/'model.pkl'), str(queries), gallery=str(tmp_path/'g.gallery'), far=.01)
+    # another model: refused with what differs and what to do, the gallery file untouched; --replace starts it anew
+    other = cosine_learner(dls, m2=.3, emb_size=64); other.export(tmp_path/'other.pkl')
+    before = (tmp_path/'g.gallery').read_bytes()
+    r = run('enrol', 'other.pkl', enrol, '--gallery', 'g.gallery')
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert ('g.gallery was enrolled with another model than other.pkl: embeddings of size 64, but the gallery holds size 128'
+            in r.stderr and 'Enrol into a new --gallery file, or pass --replace to start g.gallery anew' in r.stderr), r.stderr
+    r = run('identify', 'other.pkl', queries, '--gallery', 'g.gallery', '--threshold', '.5')
+    assert r.returncode != 0 and 'Identify with the model it was enrolled with' in r.stderr, r.stderr
+    assert (tmp_path/'g.gallery').read_bytes() == before
+    r = run('enrol', 'other.pkl', enrol, '--gallery', 'g.gallery', '--replace')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Gallery.load(tmp_path/'g.gallery').d == 64 and len(Gallery.load(tmp_path/'g.gallery')) == 12
+    # a model whose embeddings are all zero (a dead embedding layer): no direction to compare, nothing written
+    emb_bn = learn.model[1][0][1]
+    with torch.no_grad(): emb_bn.weight.zero_(); emb_bn.bias.zero_()
+    learn.export(tmp_path/'dead.pkl')
+    before = (tmp_path/'g.gallery').read_bytes()
+    with pytest.raises(CliError, match='of 12 embeddings, 12 zero \\(rows 0, 1, 2, .*has no direction'):
+        cosine_gallery('enrol', str(tmp_path/'dead.pkl'), str(enrol), gallery=str(tmp_path/'g.gallery'), replace=True)
+    assert (tmp_path/'g.gallery').read_bytes() == before
 
 def test_cosine_gallery_help_is_quiet():
     r = subprocess.run([_exe('cosine-gallery'), '--help'], capture_output=True, text=True, env=ENV)

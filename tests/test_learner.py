@@ -258,3 +258,18 @@ def test_lr_find_leaves_loss_statistics(dls):
     with l.no_bar(), l.added_cbs(Moved()): l.lr_find(show_plot=False, num_it=30)
     assert moved[0] != before['mu'].item() and l.loss_func.mu == before['mu']  # they moved in the mock training, and were put back
     assert not any(isinstance(c, KeepLossStats) for c in cosine_learner(dls, emb_size=8).cbs)  # only for losses with statistics
+
+def test_embeddings_of_more_unseen_than_seen_classes():
+    "The README's `learn.get_embeddings(dl=dls.unseen)` when 7 unseen classes outnumber 3 seen ones: no loss is evaluated on them"
+    from cosine_losses.data import mnist_dls
+    from cosine_losses.openset import open_set_dls
+    dls = open_set_dls(mnist_dls(n_train=600, n_valid=500), seen=3)
+    learn = cosine_learner(dls)
+    emb,targs = learn.get_embeddings(dl=dls.unseen)
+    labels = dls.unseen.dataset.items.labels  # codes into the unseen classes' vocab, digits 3 to 9
+    assert emb.shape == (len(labels), 128) and torch.equal(targs, labels.long())
+    assert {dls.unseen.vocab[t] for t in targs} == set(range(3, 10)) and len(set(targs.tolist())) == 7 > dls.c == 3
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(len(emb)))
+    test,none = learn.get_embeddings(dl=dls.test_dl(list(dls.unseen.dataset.items.imgs[:50])))  # raw images, no labels
+    assert none is None
+    torch.testing.assert_close(test, emb[:50], atol=1e-5, rtol=0)
