@@ -29,11 +29,12 @@ def parse_loss(spec:str) -> dict|None:
     if spec in FAMILY_PRESETS: return dict(preset=spec)
     try: kw = {k.strip(): float(v) for k,v in (p.split('=') for p in spec.split(','))}
     except ValueError: raise ValueError(f"loss {spec!r}: expected one of {[*PRESETS, *FAMILY_PRESETS]} or margins like 'm1=1,m2=0.45,m3=0.1,s=30'") from None
-    bad = [k for k in kw if k not in ('m1', 'm2', 'm3', 's', 'fallback')]
-    if bad: raise ValueError(f"loss {spec!r}: unknown margin {bad}; use m1, m2, m3, s (and fallback=0 to reproduce code without it)")
+    bad = [k for k in kw if k not in ('m1', 'm2', 'm3', 's', 'warmup', 'fallback')]
+    if bad: raise ValueError(f"loss {spec!r}: unknown margin {bad}; use m1, m2, m3, s, warmup (and fallback=0 to reproduce code without it)")
+    if not 0 <= kw.get('warmup', 0.) <= 1: raise ValueError(f"loss {spec!r}: warmup is a share of training, in [0, 1]")
     if kw.get('fallback', 1.) not in (0., 1.): raise ValueError(f"loss {spec!r}: fallback must be 0 or 1")
     kw = {'m2': 0., **kw}
-    check_margins(**{'s': 30., **{k: v for k,v in kw.items() if k != 'fallback'}})
+    check_margins(**{'s': 30., **{k: v for k,v in kw.items() if k not in ('fallback', 'warmup')}})
     return kw
 
 # %% ../nbs/05_compare.ipynb #26a6b482
@@ -50,7 +51,8 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, pretraine
     cfg = parse_loss(loss)
     if cfg is None: return softmax_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **kwargs)
     if 'preset' in cfg: return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **FAMILY_PRESETS[cfg['preset']](dls), **kwargs)
-    if not cfg.get('fallback', 1.): cfg = {k: v for k,v in cfg.items() if k != 'fallback'}; kwargs['loss_func'] = NoFallbackLoss(**{'s': 30., **cfg})
+    cfg = dict(cfg) if loss in PRESETS else {'s': 30., 'warmup': 0., **cfg}  # a margin spec is the recipe it names: the paper's s = 30, no warmup
+    if not cfg.pop('fallback', 1.): kwargs['loss_func'] = NoFallbackLoss(**{k: v for k,v in cfg.items() if k != 'warmup'})
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **cfg, **kwargs)
 
 def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False,
@@ -65,7 +67,9 @@ def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, 
         if quiet: quieted.enter_context(learn.no_bar()); quieted.enter_context(learn.no_logging())
         learn.fit_one_cycle(epochs, lr, cbs=[timer, *open_set, *L(cbs), *([Checkpoint(path=checkpoint)] if checkpoint else [])])
     vals = pd.DataFrame(np.array(learn.recorder.values, dtype=float), columns=learn.recorder.metric_names[1:-1])
-    rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(seconds=timer.times)
+    watch = getattr(learn, 'stuck_run_watch', None)  # a run that never learned is reported as failed, not as a result
+    rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(
+        seconds=timer.times, failed=watch is not None and watch.stuck is not None)
     if open_set: rows.attrs['roc'] = open_set[0].roc
     return rows
 
@@ -89,23 +93,28 @@ FAR_GRID = np.logspace(-5, 0, 26)  # false-accept rates at which `roc.csv` keeps
 def _score_cols(res): return [c for c in ('accuracy', *OPEN_SET_KEYS) if c in res]
 
 def summarize(res:pd.DataFrame) -> pd.DataFrame:
-    "Accuracy and the open-set scores (%) at the last epoch, mean and std over seeds, and mean seconds per epoch, per loss"
+    "Accuracy and the open-set scores (%) at the last epoch, mean and std over the seeds whose run learned, their number, the failed runs, s / epoch"
     last = res[res.epoch == res.epochs]
-    g = last.groupby('loss', sort=False)
-    summ = pd.DataFrame(dict(accuracy=g.accuracy.mean()*100, std=g.accuracy.std(ddof=1).fillna(0)*100, n=g.seed.nunique(),
-                             sec_per_epoch=res.groupby('loss', sort=False).seconds.mean()))
+    failed = last['failed'].fillna(False).astype(bool) if 'failed' in last else pd.Series(False, index=last.index)
+    g,losses = last[~failed].groupby('loss', sort=False),last.loss.unique()
+    summ = pd.DataFrame(dict(accuracy=g.accuracy.mean()*100, std=g.accuracy.std(ddof=1).fillna(0)*100, n=g.seed.nunique()), index=losses)
+    summ = summ.assign(n=summ.n.fillna(0).astype(int), failed=failed.groupby(last.loss).sum().reindex(losses).astype(int),
+                       sec_per_epoch=res.groupby('loss', sort=False).seconds.mean())
     for c in _score_cols(res)[1:]: summ[c],summ[f'{c}_std'] = g[c].mean()*100,g[c].std(ddof=1).fillna(0)*100
-    return summ
+    return summ.rename_axis('loss')
 
 _SHOWN = dict(map_at_r='MAP@R', precision_at_1='P@1', r_precision='R-precision', **{'tar_at_far_1e-3': 'TAR@FAR=1e-3'}, roc_auc='ROC AUC')
 def format_summary(summ:pd.DataFrame) -> str:
     "The summary as a markdown table (open-set columns when present; n/a where a FAR is not resolved)"
     pm = lambda m,s: 'n/a' if np.isnan(m) else f'{m:.2f} ± {s:.2f}'
     os_cols = [c for c in _SHOWN if c in summ]
+    failed = summ['failed'] if 'failed' in summ else pd.Series(0, index=summ.index)
     head = ['loss', 'test accuracy % (mean ± std)', *(f'unseen {_SHOWN[c]} %' for c in os_cols), 'seeds', 's / epoch']
     lines = ['| ' + ' | '.join(head) + ' |', '|---'*len(head) + '|']
-    lines += ['| ' + ' | '.join([str(l), pm(r.accuracy, r['std']), *(pm(r[c], r[f'{c}_std']) for c in os_cols), str(int(r.n)), f'{r.sec_per_epoch:.1f}']) + ' |'
-              for l,r in summ.iterrows()]
+    lines += ['| ' + ' | '.join([str(l), *(['did not learn']*(1 + len(os_cols)) if r.n == 0 else
+                                             [pm(r.accuracy, r['std']), *(pm(r[c], r[f'{c}_std']) for c in os_cols)]),
+                                 f'{int(r.n)}' + (f' (+{int(k)} failed)' if k else ''), f'{r.sec_per_epoch:.1f}']) + ' |'
+              for (l,r),k in zip(summ.iterrows(), failed)]
     return '\n'.join(lines)
 
 def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=None):
@@ -148,9 +157,12 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
         print(f'run {i+1}/{len(todo)}: {loss}, seed {seed}', flush=True)
         ck = out/'checkpoints'/'_'.join(map(str, key(loss, seed)))  # the run's epochs so far: a killed compare resumes it there
         rows = train_one(dls, loss, epochs, seed, lr, quiet=quiet, checkpoint=ck, **kwargs).assign(bs=bs)
+        if rows.failed.iloc[-1]: print(f'run {i+1}/{len(todo)}: {loss}, seed {seed} did not learn: counted as failed, not as a result', flush=True)
+        head = list(pd.read_csv(csv, nrows=0).columns) if csv.exists() else list(rows.columns)  # append in the file's own columns
+        if 'failed' not in head: pd.read_csv(csv).assign(failed=False).to_csv(csv, index=False); head.append('failed')  # older files
         if 'roc' in rows.attrs:  # written first: a run counts as done once its epochs are in epochs.csv
             roc_rows(*rows.attrs['roc']).assign(**dict(zip(_KEY, key(loss, seed)))).to_csv(out/'roc.csv', mode='a', header=not (out/'roc.csv').exists(), index=False)
-        rows.to_csv(csv, mode='a', header=not csv.exists(), index=False)
+        rows.reindex(columns=head).to_csv(csv, mode='a', header=not csv.exists(), index=False)
         shutil.rmtree(ck)
     if (out/'checkpoints').exists() and not any((out/'checkpoints').iterdir()): (out/'checkpoints').rmdir()
     sel = lambda df: df[df.loss.isin(losses) & (df.seed < seeds) & (df.epochs == epochs) & np.isclose(df.lr, lr) & (df.bs == bs)]

@@ -12,10 +12,11 @@ from fastai.vision.learner import _default_meta, _add_norm, _timm_norm
 from .losses import CombinedMarginLoss
 from .heads import ArcFaceHead
 from .family import dynamic_margins, train_labels
+from .watch import StuckRunWatch, auto_scale
 
 # %% auto #0
-__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'cosine_learner', 'softmax_learner', 'loss_state',
-           'arch_from_name']
+__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'MarginWarmup', 'cosine_learner', 'softmax_learner',
+           'loss_state', 'arch_from_name']
 
 # %% ../nbs/02_learner.ipynb #10aa7e65
 def paper_cnn(
@@ -92,6 +93,8 @@ def _head_learner(
     store_attr('arch,normalize,n_out,pretrained,emb_size', self=learn)
     return learn
 
+def _margined(m1, m2, m3) -> bool: return bool(torch.as_tensor(m1).ne(1).any() or torch.as_tensor(m2).ne(0).any() or torch.as_tensor(m3).ne(0).any())
+
 def _dynamic(m, name, dls, n_out):
     "`m`, or the dynamic per-class margins of the training labels of `dls` if `m` is 'dynamic'"
     if not isinstance(m, str): return m
@@ -108,6 +111,17 @@ class KeepLossStats(Callback):
         if self.state is not None: self.learn.loss_func.load_state_dict(self.state)
 
 # %% ../nbs/02_learner.ipynb #b3b74dfc
+class MarginWarmup(Callback):
+    "Ramp `CombinedMarginLoss`'s margins linearly from none (m1 = 1, m2 = m3 = 0) to `m1`, `m2`, `m3` over the first `pct` of each fit"
+    order,run_valid = 5,False  # before a user's `MarginScheduler` (65), which wins for the margins it schedules
+    def __init__(self, pct:float=.3, m1=1., m2=0., m3=0.): store_attr()
+    def before_batch(self):
+        if hasattr(self.learn, 'lr_finder'): return
+        r = min(1., self.pct_train/self.pct) if self.pct > 0 else 1.
+        lf = self.learn.loss_func
+        lf.m1,lf.m2,lf.m3 = 1 + (self.m1 - 1)*r,self.m2*r,self.m3*r
+    def after_fit(self): lf = self.learn.loss_func; lf.m1,lf.m2,lf.m3 = self.m1,self.m2,self.m3
+
 @delegates(_head_learner, but=['head', 'loss_func'])
 def cosine_learner(
     dls:DataLoaders, # the data, as for `vision_learner`
@@ -115,21 +129,26 @@ def cosine_learner(
     m1:float=1., # SphereFace multiplicative angular margin (1 = off)
     m2:float|Tensor|str=0.5, # ArcFace additive angular margin in radians (0 = off), a tensor of one per class, or 'dynamic'
     m3:float|Tensor|str=0., # CosFace additive cosine margin (0 = off), a tensor of one per class, or 'dynamic'
-    s:float=30., # scale of the cosines (see `CombinedMarginLoss`)
+    s:float|str='auto', # scale of the cosines (see `CombinedMarginLoss`); 'auto': `auto_scale` of the number of classes, max(10, √2·ln(C − 1))
     emb_size:int=128, # size of the embedding fed to the cosine head
     k:int=1, # sub-centres per class (sub-center ArcFace)
     loss_func=None, # any loss on cosines (e.g. `AdaFaceLoss()`); defaults to `CombinedMarginLoss(s, m1, m2, m3)`
+    warmup:float=.3, # ramp the margins from none to theirs over this share of each fit (`MarginWarmup`); 0: the margins from the start
+    watch:bool=True, # add `StuckRunWatch`: warn when the run stays at chance or its embeddings collapse
     **kwargs
 ) -> Learner:
     "A fastai `Learner` for `arch` with an `ArcFaceHead` and a `CombinedMarginLoss` (or any loss on cosines)"
     if loss_func is None:
         n_out = kwargs.get('n_out')
         m2,m3 = _dynamic(m2, 'm2', dls, n_out),_dynamic(m3, 'm3', dls, n_out)
+        if s == 'auto': s = auto_scale(ifnone(n_out, get_c(dls)))
         loss_func = CombinedMarginLoss(s, m1, m2, m3)
+        if warmup and _margined(m1, m2, m3): kwargs['cbs'] = L(kwargs.get('cbs')) + [MarginWarmup(warmup, m1, m2, m3)]
     head = partial(ArcFaceHead, k=k, norms=getattr(loss_func, 'needs_norms', False))
     if isinstance(loss_func, nn.Module) and any(True for _ in loss_func.buffers()): kwargs['cbs'] = L(kwargs.get('cbs')) + [KeepLossStats()]
+    if watch: kwargs['cbs'] = L(kwargs.get('cbs')) + [StuckRunWatch()]
     learn = _head_learner(dls, arch, head=head, loss_func=loss_func, emb_size=emb_size, **kwargs)
-    store_attr('m1,m2,m3,s,k', self=learn)
+    store_attr('m1,m2,m3,s,k,warmup', self=learn)
     return learn
 
 # %% ../nbs/02_learner.ipynb #16e4a0c4
@@ -139,9 +158,11 @@ def softmax_learner(
     arch=None, # `None` for the paper's CNN, a torchvision callable, or a timm name
     emb_size:int=128, # size of the embedding fed to the `Linear` head
     loss_func=None, # defaults to `CrossEntropyLossFlat()`
+    watch:bool=True, # add `StuckRunWatch`, as `cosine_learner` does
     **kwargs
 ) -> Learner:
     "fastai's softmax baseline on the body and embedding of `cosine_learner`: a `Linear` head and `CrossEntropyLossFlat`"
+    if watch: kwargs['cbs'] = L(kwargs.get('cbs')) + [StuckRunWatch()]
     return _head_learner(dls, arch, head=nn.Linear, loss_func=ifnone(loss_func, CrossEntropyLossFlat()), emb_size=emb_size, **kwargs)
 
 # %% ../nbs/02_learner.ipynb #a782eede
@@ -163,9 +184,9 @@ def get_embeddings(self:Learner,
     dl = ifnone(dl, self.dls[ds_idx])
     if isinstance(dl, DataLoader): dl = dl.new(shuffle=False, drop_last=False)
     cb = _HeadInputs()
-    with Hook(self.model[-1], lambda m,i,o: i[0].float()) as cb.hook:
+    with Hook(self.model[-1], lambda m,i,o: i[0].float().as_subclass(Tensor)) as cb.hook:
         feats,_ = self.get_preds(dl=dl, act=noop, reorder=False, with_targs=False, cbs=cb)
-    targs = torch.cat(cb.targs) if cb.targs else None
+    targs = torch.cat(cb.targs).as_subclass(Tensor) if cb.targs else None  # plain, as `get_preds` gives them
     return (F.normalize(feats, dim=1) if normalize else feats), targs
 
 # %% ../nbs/02_learner.ipynb #b7e1a2c4
