@@ -30,7 +30,8 @@ def sweep_results(study:optuna.Study) -> pd.DataFrame:
     rows = [dict(kind=t.params['kind'], preset=t.params.get('preset', ''), m1=t.params.get('m1', np.nan), m2=t.params.get('m2', np.nan), m3=t.params.get('m3', np.nan),
                  s=t.params.get('s', np.nan), seed=t.params.get('seed', 0), accuracy=t.value*100, epochs=len(t.user_attrs['accuracy']),
                  **{k: t.user_attrs[k][-1]*100 for k in OPEN_SET_KEYS if k in t.user_attrs},
-                 per_epoch=[a*100 for a in t.user_attrs['accuracy']], sec_per_epoch=np.mean(t.user_attrs['seconds']))
+                 per_epoch=[a*100 for a in t.user_attrs['accuracy']], sec_per_epoch=np.mean(t.user_attrs['seconds']),
+                 failed=bool(t.user_attrs.get('failed', [False])[-1]))  # `StuckRunWatch` saw it not learn
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if 'accuracy' in t.user_attrs]
     df = pd.DataFrame(rows)
     if len(df): df['config'] = [_config(r) for r in df.itertuples()]
@@ -50,11 +51,13 @@ def summarize_sweep(
     rank:str=None, # order by 'accuracy' or an open-set score such as 'map_at_r'; default by configuration
     paper_epochs:int=None, # show the paper's runs of this many epochs, in a column `paper_e{paper_epochs}`; default the same epochs, as `paper`
 ) -> pd.DataFrame:
-    "Mean ± std (%) over seeds per configuration (accuracy and open-set scores), seeds, worst run, and the paper's number"
+    "Mean ± std (%) over the seeds that learned per configuration (accuracy and open-set scores), their number, failed runs, worst run, the paper's number"
     keys = ['kind', 'preset', 'm1', 'm2', 'm3', 's', 'epochs']
-    res = res.assign(preset=res.preset.astype(object).fillna('') if 'preset' in res else '')  # old runs.csv have no such column; read_csv makes an empty one float
-    g = res.groupby(keys, dropna=False, sort=True)
-    summ = pd.DataFrame(dict(mean=g.accuracy.mean(), std=g.accuracy.std(ddof=1), n=g.accuracy.count(), worst=g.accuracy.min()))
+    res = res.assign(preset=res.preset.astype(object).fillna('') if 'preset' in res else '',  # old runs.csv have no such column; read_csv makes an empty one float
+                     failed=res.failed.fillna(False).astype(bool) if 'failed' in res else False)
+    g,every = res[~res.failed].groupby(keys, dropna=False, sort=True),res.groupby(keys, dropna=False, sort=True)
+    summ = pd.DataFrame(dict(mean=g.accuracy.mean(), std=g.accuracy.std(ddof=1), n=g.accuracy.count(), worst=g.accuracy.min())).reindex(every.size().index)
+    summ = summ.assign(n=summ.n.fillna(0).astype(int), failed=every.failed.sum())
     for k in OPEN_SET_KEYS:
         if k in res: summ[k],summ[f'{k}_std'] = g[k].mean(),g[k].std(ddof=1)
     summ = summ.reset_index()
