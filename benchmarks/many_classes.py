@@ -48,7 +48,7 @@ def main():
     if a.out: df.to_csv(a.out, index=False)
     g = df.groupby('loss', sort=False)
     summ = g[['seen_acc', 'map_at_r', 'p_at_1']].agg(['mean', 'std']).round(2)
-    summ['failed'],summ['chance %'] = g.failed.sum(),100/round(.7*a.n_ids)
+    summ[('failed', 'runs')],summ[('chance %', '')] = g.failed.sum(),round(100/round(.7*a.n_ids), 3)
     if 'softmax' in df.loss.values:
         sm = df[df.loss == 'softmax'].set_index('seed')
         for c in ('seen_acc', 'map_at_r'): summ[(f'{c} / softmax', 'mean')] = g.apply(lambda d: (d.set_index('seed')[c]/sm[c]).mean()).round(3)
