@@ -10,6 +10,7 @@ import math, warnings
 import torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model
 
 # %% auto #0
 __all__ = ['StuckRunWarning', 'adacos_scale', 'auto_scale', 'StuckRunWatch']
@@ -36,7 +37,7 @@ class StuckRunWatch(Callback):
 
     def before_fit(self):
         self.stuck,self.active,self.loss0,self.hook = None,not hasattr(self.learn, 'lr_finder'),float('nan'),None
-        if self.active: self.hook = self.learn.model[-1].register_forward_pre_hook(lambda m,i: setattr(self, 'feats', i[0]))
+        if self.active: self.hook = get_model(self.learn.model)[-1].register_forward_pre_hook(lambda m,i: setattr(self, 'feats', i[0]))  # DDP too
     def after_fit(self):
         if self.hook is not None: self.hook.remove()
         self.hook = self.feats = None  # nothing of the graph is kept (or pickled by `export`)

@@ -43,7 +43,7 @@ def test_get_preds_predict_and_decodes(learn, dls):
     probs,targs = learn.get_preds()
     assert probs.shape == (1000, 10) and torch.allclose(probs.sum(1), torch.ones(1000), atol=1e-5)
     cos,_ = learn.get_preds(act=lambda o: o)
-    assert torch.allclose(probs, F.softmax(30*cos, 1), atol=1e-5)  # margin-free probabilities
+    assert torch.allclose(probs, F.softmax(learn.loss_func.s*cos, 1), atol=1e-5)  # margin-free probabilities
     assert (probs.argmax(1) == targs).float().mean() == pytest.approx(learn.validate()[1], abs=1e-6)
     x = dls.valid_ds.items.imgs[0]  # a raw (28, 28) uint8 image
     lbl,idx,p = learn.predict(x)

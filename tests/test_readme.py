@@ -24,8 +24,12 @@ def test_readme_mentions_its_commands():
     assert 'pip install -e ".[dev]"' in txt and 'nbdev-test && pytest' in txt
 
 def test_ci_runs_the_readme_commands():
+    "CI makes a fresh virtual environment and runs in it the set-up and test commands it reads from the README's Install section"
     ci = (root/'.ci'/'run').read_text()
-    assert 'pip install -q -e ".[dev]"' in ci and 'nbdev-test && pytest' in ci and 'nbdev-export' in ci
+    assert 'python3 -m venv' in ci and 'deptry .' in ci and 'nbdev-export' in ci
+    assert 'bash -euo pipefail -c "$(python .ci/readme_commands.py setup)"' in ci and 'bash -euo pipefail -c "$(python .ci/readme_commands.py test)"' in ci
+    cmd = lambda k: subprocess.run([sys.executable, str(root/'.ci'/'readme_commands.py'), k], capture_output=True, text=True, check=True).stdout.strip()
+    assert cmd('setup') == 'pip install -e ".[dev]"' and cmd('test') == 'nbdev-test && pytest'
 
 def test_readme_applies_nbdev_directives(tmp_path):
     "`#| hide` and `#| include: false` drop a cell, `echo: false` its code, `output: false` its outputs; other directives are stripped, stderr dropped"
