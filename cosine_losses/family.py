@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist
 from torch import Tensor
 from fastcore.basics import store_attr
-from .losses import CombinedMarginLoss, _safe_acos, _psi, _prepare, _MarginCE, _is_real, _on_host, _check_reduction, _reduce
+from .losses import CombinedMarginLoss, auto_scale, _safe_acos, _psi, _prepare, _MarginCE, _is_real, _on_host, _check_reduction, _reduce
 
 # %% auto #0
 __all__ = ['FAMILY_PRESETS', 'dynamic_margins', 'train_labels', 'CurricularFaceLoss', 'AdaFaceLoss', 'ElasticFaceLoss',
@@ -273,20 +273,20 @@ class MagFaceLoss(_CosineLoss):
 
 # %% ../nbs/00a_family.ipynb #6ed83965
 def _loss_preset(cls, **kwargs):
-    "A preset: `cosine_learner` arguments with a fresh `cls(**kwargs)` as the loss"
-    def preset(dls): return dict(loss_func=cls(**kwargs))
+    "A preset: `cosine_learner` arguments with a fresh `cls(**kwargs)` as the loss, at `auto_scale` of the classes of `dls` (30 without `dls`)"
+    def preset(dls): return dict(loss_func=cls(**{'s': 30. if dls is None else auto_scale(dls.c), **kwargs}))
     preset.__doc__ = f"`cosine_learner` arguments for {cls.__name__}({', '.join(f'{k}={v!r}' for k,v in kwargs.items())})"
     return preset
 
 def _dynamic_arcface(dls):
-    "`cosine_learner` arguments for ArcFace with dynamic per-class margins from the training labels of `dls` (s = 30)"
-    return dict(m2='dynamic', s=30.)
+    "`cosine_learner` arguments for ArcFace with dynamic per-class margins from the training labels of `dls` (its default scale and warm-up)"
+    return dict(m2='dynamic')
 
 FAMILY_PRESETS = {
-    'curricularface': _loss_preset(CurricularFaceLoss, s=30.),
-    'adaface': _loss_preset(AdaFaceLoss, s=30.),
-    'elasticface': _loss_preset(ElasticFaceLoss, kind='arc', s=30.),
-    'elasticface-cos': _loss_preset(ElasticFaceLoss, kind='cos', s=30.),
-    'magface': _loss_preset(MagFaceLoss, s=30.),
+    'curricularface': _loss_preset(CurricularFaceLoss),
+    'adaface': _loss_preset(AdaFaceLoss),
+    'elasticface': _loss_preset(ElasticFaceLoss, kind='arc'),
+    'elasticface-cos': _loss_preset(ElasticFaceLoss, kind='cos'),
+    'magface': _loss_preset(MagFaceLoss),
     'dynamic-arcface': _dynamic_arcface,
 }

@@ -12,7 +12,8 @@ from fastai.vision.learner import _default_meta, _add_norm, _timm_norm
 from .losses import CombinedMarginLoss
 from .heads import ArcFaceHead
 from .family import dynamic_margins, train_labels
-from .watch import StuckRunWatch, auto_scale
+from .losses import auto_scale
+from .watch import StuckRunWatch
 
 # %% auto #0
 __all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'MarginWarmup', 'cosine_learner', 'softmax_learner',

@@ -13,7 +13,8 @@ from fastcore.basics import store_attr
 from fastcore.meta import delegates
 
 # %% auto #0
-__all__ = ['check_margins', 'target_logit', 'margin_logits', 'CombinedMarginLoss', 'ArcFaceLoss', 'CosFaceLoss', 'SphereFaceLoss']
+__all__ = ['check_margins', 'target_logit', 'margin_logits', 'CombinedMarginLoss', 'ArcFaceLoss', 'CosFaceLoss', 'SphereFaceLoss',
+           'adacos_scale', 'auto_scale']
 
 # %% ../nbs/00_losses.ipynb #3007b088
 _ACOS_EPS = 1e-7  # bounds |d acos/dc| by about 2.2e3 at cos = ±1
@@ -267,3 +268,12 @@ class CosFaceLoss(CombinedMarginLoss):
 class SphereFaceLoss(CombinedMarginLoss):
     "SphereFace: multiplicative angular margin `m` with the ψ extension of eq. (6) of Liu et al. 2017"
     def __init__(self, m:float=1.35, **kwargs): super().__init__(m1=m, m2=0., m3=0., **kwargs)
+
+# %% ../nbs/00_losses.ipynb #cff0b7fa
+def adacos_scale(n_classes:int) -> float:
+    "AdaCos's fixed scale √2·ln(C − 1) for `n_classes` = C (Zhang et al. 2019, eq. 13)"
+    return math.sqrt(2)*math.log(max(n_classes - 1, 2))
+
+def auto_scale(n_classes:int) -> float:
+    "The default scale for `n_classes`: AdaCos's fixed scale, at least 10"
+    return max(10., adacos_scale(n_classes))

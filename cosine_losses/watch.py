@@ -6,25 +6,18 @@ Docs: https://cosine-losses.github.io/cosine_losses/watch.html.md"""
 
 # %% ../nbs/01b_watch.ipynb #6653debd
 from __future__ import annotations
-import math, warnings
+import warnings
 import torch, torch.nn.functional as F
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback
 from fastai.torch_core import get_model
+from .losses import auto_scale
 
 # %% auto #0
-__all__ = ['StuckRunWarning', 'adacos_scale', 'auto_scale', 'StuckRunWatch']
+__all__ = ['StuckRunWarning', 'StuckRunWatch']
 
 # %% ../nbs/01b_watch.ipynb #9d7d4fd9
 class StuckRunWarning(UserWarning): "A run that is not learning: training accuracy near chance, or every image embedded in one direction"
-
-def adacos_scale(n_classes:int) -> float:
-    "AdaCos's fixed scale √2·ln(C − 1) for `n_classes` = C (Zhang et al. 2019, eq. 13): the smallest s at which the target's probability can approach 1"
-    return math.sqrt(2)*math.log(max(n_classes - 1, 2))
-
-def auto_scale(n_classes:int) -> float:
-    "`cosine_learner`'s default scale: AdaCos's fixed scale, at least 10 (see `nbs/11_many_classes.ipynb` for the measurements behind it)"
-    return max(10., adacos_scale(n_classes))
 
 class StuckRunWatch(Callback):
     "Warn once, with the numbers and what to try, when training stays at chance or the embeddings collapse to one direction"

@@ -427,9 +427,14 @@ def test_presets_build_fresh_losses():
     types = {k: type(f(None).get('loss_func')).__name__ for k,f in FAMILY_PRESETS.items()}
     assert types == dict(curricularface='CurricularFaceLoss', adaface='AdaFaceLoss', elasticface='ElasticFaceLoss',
                          **{'elasticface-cos': 'ElasticFaceLoss'}, magface='MagFaceLoss', **{'dynamic-arcface': 'NoneType'})
-    assert FAMILY_PRESETS['dynamic-arcface'](None) == dict(m2='dynamic', s=30.)
+    assert FAMILY_PRESETS['dynamic-arcface'](None) == dict(m2='dynamic')  # `cosine_learner`'s own scale and warm-up
     assert FAMILY_PRESETS['adaface'](None)['loss_func'] is not FAMILY_PRESETS['adaface'](None)['loss_func']
-    assert all(f(None).get('loss_func', CombinedMarginLoss()).s == 30 for f in FAMILY_PRESETS.values())
+    assert all(f(None).get('loss_func', CombinedMarginLoss()).s == 30 for f in FAMILY_PRESETS.values())  # no data: the papers' 30
+    class Classes: c = 100_000
+    for k,f in FAMILY_PRESETS.items():  # with data: `auto_scale` of its classes
+        if k != 'dynamic-arcface': assert f(Classes())['loss_func'].s == pytest.approx(math.sqrt(2)*math.log(99_999)), k
+    Classes.c = 700
+    assert FAMILY_PRESETS['magface'](Classes())['loss_func'].s == 10.
 
 # ----------------------------------------------------------------------------------------------------
 # Data-parallel: the statistics stay identical on every process
