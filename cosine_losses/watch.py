@@ -23,7 +23,7 @@ class StuckRunWatch(Callback):
     "Warn once, with the numbers and what to try, when training stays at chance or the embeddings collapse to one direction"
     order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes')  # after the step; a `Checkpoint` resume goes on watching
     def __init__(self,
-        factor:float=2., # stuck if the training accuracy is at most `factor` × chance (1/number of classes)...
+        factor:float=2., # stuck if the training accuracy is at most `factor` × chance (1/number of classes; with few classes, chance + 10 %)...
         until:float=.3, # ...at the end of any epoch from the first that completes this share of training on
         collapse:float=.5, # collapsed if the mean cosine between a batch's embeddings over an epoch is above this
     ): store_attr(); self.stuck = None
@@ -38,6 +38,7 @@ class StuckRunWatch(Callback):
 
     def after_batch(self):
         if not (self.active and self.training) or self.stuck is not None or not len(self.yb): return
+        if self.iter < self.n_iter//2: return  # the epoch's second half says where it ended, its first where it began
         with torch.no_grad():
             f,n = F.normalize(self.feats.float(), dim=1),len(self.yb[0])
             pair = ((f.sum(0)**2).sum() - n)/max(n*(n - 1), 1)  # mean cosine over distinct pairs: ‖Σf‖² counts each pair twice, plus n
@@ -47,11 +48,12 @@ class StuckRunWatch(Callback):
 
     def after_epoch(self):
         if not self.active or self.stuck is not None or self.sums is None: return
-        hits,pair,loss = (self.sums[:3]/self.sums[3]).tolist()
+        (hits,pair,loss),n = (self.sums[:3]/self.sums[3]).tolist(),self.sums[3].item()
         if self.epoch == 0: self.loss0 = loss
-        judge = (self.epoch + 1)/self.n_epoch >= self.until - 1e-9
+        judge = (self.epoch + 1)/self.n_epoch >= self.until - 1e-9 and n >= min(10*self.n_classes, 1000)  # else too few images to tell
         chance,collapsed = 1/self.n_classes,pair > self.collapse
-        if collapsed or (judge and hits <= self.factor*chance): self._warn(hits, chance, pair, loss, collapsed)
+        near = min(self.factor*chance, chance + (1 - chance)/10)  # with 3 classes 2× chance (67 %) would be far from chance
+        if collapsed or (judge and hits <= near): self._warn(hits, chance, pair, loss, collapsed)
 
     def _warn(self, acc, chance, pair, loss, collapsed):
         self.stuck = dict(epoch=self.epoch + 1, accuracy=acc, chance=chance, pair_cosine=pair, loss_first_epoch=self.loss0, loss=loss)
