@@ -18,8 +18,8 @@ def _complete(db):
     st = open_study(db, 't')
     return Counter(_key(t.params) for t in st.get_trials(states=(TrialState.COMPLETE,))),st
 
-def _start(db, seeds, secs):
-    return subprocess.Popen([sys.executable, WORKER, str(db), str(seeds), str(secs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def _start(db, seeds, secs, *stall):
+    return subprocess.Popen([sys.executable, WORKER, str(db), str(seeds), str(secs), *map(str, stall)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
 def test_tiny_grid_same_code_path(tmp_path):
@@ -41,17 +41,16 @@ def test_tiny_grid_same_code_path(tmp_path):
 def test_killed_sweep_resumes_with_every_run_once(tmp_path):
     db = tmp_path/'s.db'
     open_study(db, 't')  # created here first, so polling it below never races the worker's creation of the schema
-    w = _start(db, 2, .2)  # ~1 s a run: time to catch one in flight
+    stall = tmp_path/'stalled'
+    w = _start(db, 2, 0, stall, 2)  # it hangs inside its second run: killed there for sure, however busy the machine
     deadline = time.time() + 120
-    while time.time() < deadline:  # kill it while a run is in flight, after at least one finished
+    while time.time() < deadline and not stall.exists():
         time.sleep(.2)
         assert w.poll() is None, w.stderr.read().decode()[-2000:]
-        try: done,st = _complete(db)
-        except Exception: continue
-        if sum(done.values()) >= 1 and any(t.state == TrialState.RUNNING for t in st.trials): break
+    assert stall.exists(), 'the worker never reached its second run'
     w.send_signal(signal.SIGKILL); w.wait()
     done,st = _complete(db)
-    assert 1 <= sum(done.values()) < 6 and any(t.state == TrialState.RUNNING for t in st.trials)
+    assert sum(done.values()) == 1 and sum(t.state == TrialState.RUNNING for t in st.trials) == 1
     w = _start(db, 2, 0)
     assert w.wait(timeout=180) == 0, w.stderr.read().decode()[-2000:]
     done,st = _complete(db)
