@@ -70,7 +70,7 @@ def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, 
     watch = getattr(learn, 'stuck_run_watch', None)  # a run that never learned is reported as failed, not as a result
     rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(
         seconds=timer.times, failed=watch is not None and watch.stuck is not None)
-    if open_set: rows.attrs['roc'] = open_set[0].roc
+    if open_set: rows.attrs['roc'] = open_set[0].roc; rows['notes'] = open_set[0].notes
     return rows
 
 # %% ../nbs/05_compare.ipynb #5a421935
@@ -101,11 +101,13 @@ def summarize(res:pd.DataFrame) -> pd.DataFrame:
     summ = summ.assign(n=summ.n.fillna(0).astype(int), failed=failed.groupby(last.loss).sum().reindex(losses).astype(int),
                        sec_per_epoch=res.groupby('loss', sort=False).seconds.mean())
     for c in _score_cols(res)[1:]: summ[c],summ[f'{c}_std'] = g[c].mean()*100,g[c].std(ddof=1).fillna(0)*100
+    if 'notes' in last: summ['notes'] = last.groupby('loss').notes.agg(lambda s: '; '.join(dict.fromkeys('; '.join(s.dropna()).split('; '))))
     return summ.rename_axis('loss')
 
-_SHOWN = dict(map_at_r='MAP@R', precision_at_1='P@1', r_precision='R-precision', **{'tar_at_far_1e-3': 'TAR@FAR=1e-3'}, roc_auc='ROC AUC')
+_SHOWN = dict(map_at_r='MAP@R', precision_at_1='P@1', r_precision='R-precision', **{'tar_at_far_1e-3': 'TAR@FAR=1e-3'}, roc_auc='ROC AUC',
+              rank_1='rank-1', **{'dir_at_far_1e-2': 'DIR@FAR=1e-2'})
 def format_summary(summ:pd.DataFrame) -> str:
-    "The summary as a markdown table (open-set columns when present; n/a where a FAR is not resolved)"
+    "The summary as a markdown table (open-set columns when present; n/a where a FAR is not resolved), the protocol and each n/a's reason below"
     pm = lambda m,s: 'n/a' if np.isnan(m) else f'{m:.2f} ± {s:.2f}'
     os_cols = [c for c in _SHOWN if c in summ]
     failed = summ['failed'] if 'failed' in summ else pd.Series(0, index=summ.index)
@@ -115,7 +117,8 @@ def format_summary(summ:pd.DataFrame) -> str:
                                              [pm(r.accuracy, r['std']), *(pm(r[c], r[f'{c}_std']) for c in os_cols)]),
                                  f'{int(r.n)}' + (f' (+{int(k)} failed)' if k else ''), f'{r.sec_per_epoch:.1f}']) + ' |'
               for (l,r),k in zip(summ.iterrows(), failed)]
-    return '\n'.join(lines)
+    notes = dict.fromkeys(n for s in summ.get('notes', pd.Series(dtype=str)).dropna() for n in s.split('; ') if n)
+    return '\n'.join(lines + ([''] + [f'- {n}' for n in notes] if notes else []))
 
 def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=None):
     "`metric` (%) per epoch, mean over seeds with a ±1 std band, one line per loss"

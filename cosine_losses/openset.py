@@ -18,8 +18,8 @@ from .data import ImageRows, ToImageBW, IndexCategorize, tensor_dls, mnist_dls, 
 # %% auto #0
 __all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'ClassSplitter', 'open_set_dls', 'load_dls', 'class_table',
            'Scores', 'retrieval_metrics', 'verification_pairs', 'tar_at_far', 'best_threshold', 'verification_accuracy',
-           'class_scores', 'dir_at_far', 'identification_metrics', 'identification_split', 'open_set_scores',
-           'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
+           'class_scores', 'dir_at_far', 'identification_metrics', 'identification_split', 'identification_protocol',
+           'open_set_scores', 'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
 
 # %% ../nbs/04a_openset.ipynb #7734147d
 class OpenSetDataLoaders(DataLoaders):
@@ -194,10 +194,10 @@ OPEN_SET_KEYS = ('precision_at_1', 'r_precision', 'map_at_r', 'roc_auc', 'eer', 
                  'rank_1', 'dir_at_far_1e-2')
 
 class Scores(dict):
-    "A dict of scores, with `reasons` {key: why it is NaN} and `thresholds` {key: the cosine threshold it was measured at}"
-    def __init__(self, *args, reasons=None, thresholds=None, **kwargs):
+    "A dict of scores, with `reasons` {key: why it is NaN}, `thresholds` {key: the cosine threshold it was measured at} and `protocol`"
+    def __init__(self, *args, reasons=None, thresholds=None, protocol='', **kwargs):
         super().__init__(*args, **kwargs)
-        self.reasons,self.thresholds = ifnone(reasons, {}),ifnone(thresholds, {})
+        self.reasons,self.thresholds,self.protocol = ifnone(reasons, {}),ifnone(thresholds, {}),protocol
     def nan(self, key, why): self[key] = np.nan; self.reasons[key] = why
 
 def retrieval_metrics(emb, labels) -> dict:
@@ -266,6 +266,7 @@ def identification_metrics(
     ranks=(1, 5), # CMC ranks reported as `rank_k`
     fars=(1e-1, 1e-2), # FPIRs reported as `dir_at_far_f`
     min_false:int=10, # a FPIR f is resolved by at least `min_false`/f non-mated probes, else NaN
+    strangers=None, # (emb, labels) scored as non-mated probes against the gallery without their own class; default the probes of other classes
 ) -> Scores:
     "Open-set identification: rank-k of the mated probes (CMC) and DIR@FAR (TPIR at FPIR, rank 1); a tie with another class counts as a miss"
     s,classes = class_scores(gallery_emb, gallery_labels, probe_emb)
@@ -274,6 +275,11 @@ def identification_metrics(
     true = s[mated].gather(1, torch.searchsorted(classes, pl[mated])[:,None])
     rank = (s[mated] >= true).sum(1)  # 1 + the classes scoring at least as high: ties are pessimistic
     top = s.max(1).values
+    nonmated = top[~mated]
+    if strangers is not None:  # each class a stranger in turn: its images against the other classes' gallery
+        ss,sl = class_scores(gallery_emb, gallery_labels, strangers[0])[0],torch.as_tensor(strangers[1]).long()
+        own = classes[None] == sl[:,None]
+        nonmated = ss.masked_fill(own, -2.).max(1).values[~own.all(1)]  # a stranger needs some other class to be mistaken for
     res = Scores()
     for k in ranks:
         if mated.any(): res[f'rank_{k}'] = float((rank <= k).float().mean())
@@ -281,8 +287,8 @@ def identification_metrics(
     for f in fars:
         key = _far_key(f, 'dir')
         if not mated.any(): res.nan(key, 'no mated probe (no probe of a gallery class)'); continue
-        d,tau = dir_at_far(top[mated].numpy(), (rank == 1).numpy(), top[~mated].numpy(), f, min_false)
-        n = int((~mated).sum())
+        d,tau = dir_at_far(top[mated].numpy(), (rank == 1).numpy(), nonmated.numpy(), f, min_false)
+        n = len(nonmated)
         if np.isnan(d): res.nan(key, f'{n} non-mated probes cannot resolve FPIR {f:g}: {int(np.ceil(min_false/f))} needed')
         else: res[key],res.thresholds[key] = d,tau
     return res
@@ -301,6 +307,31 @@ def identification_split(
     gal = np.concatenate([i[:min(shots, max(len(i)-1, 1))] for i in gal])
     return np.sort(gal),np.setdiff1d(np.arange(len(labels)), gal)
 
+def identification_protocol(
+    labels, # classes (N,) of one labelled set
+    enrol='auto', # share of the classes enrolled (`identification_split`), 'all', or 'auto'
+    shots:int=5, # gallery images per enrolled class of a split
+    seed:int=0,
+    far:float=1e-2, # 'auto' wants this FPIR resolved by at least `min_false`/`far` strangers
+    min_false:int=10,
+) -> tuple:
+    "(gallery, probes, leave_class_out, description): with 'all', one image of every class enrolled and every image a stranger in turn"
+    labels = np.asarray(labels)
+    C,N,need = len(np.unique(labels)),len(labels),int(np.ceil(min_false/far))
+    if enrol == 'auto':  # a split of the classes when its strangers resolve `far`; else each class a stranger in turn, if that does
+        gi,pi = identification_split(labels, .5, shots, seed)
+        enrol = .5 if (~np.isin(labels[pi], labels[gi])).sum() >= need or N < need else 'all'
+    if enrol == 'all':
+        rng = np.random.default_rng(seed)
+        gi = np.sort([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+        pi = np.setdiff1d(np.arange(N), gi)
+        return gi,pi,True,(f'identification: 1 image of each of the {C} classes enrolled, the other {len(pi)} images mated probes; '
+                           f'every image ({N}) also a stranger to the gallery without its class (each class left out in turn)')
+    gi,pi = identification_split(labels, enrol, shots, seed)
+    k,mated = len(np.unique(labels[gi])),int(np.isin(labels[pi], labels[gi]).sum())
+    return gi,pi,False,(f'identification: up to {shots} images of each of {k} of the {C} classes enrolled; '
+                        f'{mated} mated and {len(pi) - mated} non-mated probes')
+
 def _check_emb(emb, labels):
     emb,labels = torch.as_tensor(emb).detach().cpu().float(),torch.as_tensor(labels).detach().cpu().long()
     if emb.ndim != 2 or labels.shape != emb.shape[:1]: raise ValueError(f"need embeddings (N, d) and labels (N,), got {tuple(emb.shape)} and {tuple(labels.shape)}")
@@ -308,7 +339,7 @@ def _check_emb(emb, labels):
     if len(labels.unique()) < 2: raise ValueError("open-set metrics need at least two classes")
     return F.normalize(emb, dim=1),labels  # unit vectors: faiss's L2 neighbours are then the cosine neighbours
 
-def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol:float=.5, shots:int=5) -> tuple:
+def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol='auto', shots:int=5) -> tuple:
     "`open_set_metrics`, and the verification ROC curve as (fpr, tpr)"
     emb,labels = _check_emb(emb, labels)
     res = Scores()
@@ -327,17 +358,17 @@ def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol:floa
         for f in FARS:
             if n_neg*f >= 10: res[_far_key(f)],res.thresholds[_far_key(f)] = tar_at_far(fpr, tpr, f, th)
             else: res.nan(_far_key(f), f'{n_neg} impostor pairs cannot resolve FAR {f:g}: {int(np.ceil(10/f))} needed')
-    gi,pi = identification_split(labels, enrol, shots, seed)
-    ident = identification_metrics(emb[gi], labels[gi], emb[pi], labels[pi], ranks=(1,), fars=(1e-2,))
+    gi,pi,loo,protocol = identification_protocol(labels, enrol, shots, seed)
+    ident = identification_metrics(emb[gi], labels[gi], emb[pi], labels[pi], ranks=(1,), fars=(1e-2,), strangers=(emb, labels) if loo else None)
     res.update(ident); res.reasons.update(ident.reasons); res.thresholds.update(ident.thresholds)
-    return Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds),(fpr,tpr)
+    return Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds, protocol=protocol),(fpr,tpr)
 
 def open_set_metrics(
     emb, # embeddings (N, d) of images of classes not seen in training; cosine similarity is used, so their norm does not matter
     labels, # their classes (N,)
     max_pairs:int=2_000_000, # verification uses every pair up to this many, else a sample of this many
     seed:int=0, # seed of the pair sample, of the 10 folds and of the identification split
-    enrol:float=.5, # identification: share of the classes enrolled in the gallery (see `identification_split`)
+    enrol='auto', # identification: share of the classes enrolled, 'all' (each class a stranger in turn) or 'auto' (`identification_protocol`)
     shots:int=5, # identification: gallery images per enrolled class
 ) -> Scores:
     "Retrieval (precision@1, R-precision, MAP@R), verification (ROC AUC, EER, TAR@FAR, 10-fold accuracy), identification (rank-1, DIR@FAR)"
@@ -383,6 +414,7 @@ class OpenSetMetrics(Callback):
         if not hasattr(self, 'value_metrics'): return  # a `validate` or `get_preds` outside `fit`
         scores,self.roc = open_set_scores(*embed(self.model, self.unseen), **self.kwargs)
         self.scores.update(scores)
+        self.notes = '; '.join([scores.protocol, *(f'{k} n/a: {why}' for k,why in scores.reasons.items())])  # what was measured, what could not be
     def after_fit(self):
         self.learn.metrics = [m for m in self.learn.metrics if m not in self.value_metrics]
         del self.value_metrics
