@@ -15,7 +15,7 @@ from .learner import cosine_learner
 
 # %% auto #0
 __all__ = ['FORMAT', 'model_fingerprint', 'GalleryMismatch', 'threshold_at_far', 'Gallery', 'Calibration', 'calibrate_threshold',
-           'achieved_far', 'rejection_auroc', 'enrol_folder', 'identify_folder', 'load_model']
+           'achieved_far', 'threshold_transfer', 'rejection_auroc', 'enrol_folder', 'identify_folder', 'load_model']
 
 # %% ../nbs/04d_gallery.ipynb #a6b30be0
 def model_fingerprint(
@@ -230,53 +230,128 @@ class Gallery:
 
 # %% ../nbs/04d_gallery.ipynb #925d34b1
 class Calibration(NamedTuple):
-    "A threshold of `calibrate_threshold`, the FAR it gets on the calibration classes, and its bootstrap-over-classes interval"
-    threshold:float; far:float; achieved:float; interval:tuple; kind:str
-    def __repr__(self): return (f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the "
-                                f"calibration classes, bootstrap interval {self.interval[0]:.2%}–{self.interval[1]:.2%})")
+    "A threshold of `calibrate_threshold`, the FAR it gets on the calibration classes, and a prediction interval for the FAR on new classes"
+    threshold:float; far:float; achieved:float; interval:tuple; kind:str; new_classes:int=0; note:str=''
+    def __repr__(self):
+        pi = self.note or f"{self.interval[0]:.2%}–{self.interval[1]:.2%} on {self.new_classes} new classes"
+        return f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the calibration classes, {pi})"
 
 def _impostor_blocks(emb, labels, kind, max_per_class, shots, seed):
     "Impostor scores by class pair (verification) or by stranger class (identification): ({class pair or class: scores}, classes)"
+    if kind == 'verify':
+        emb,labels,idx,classes = _sampled(emb, labels, max_per_class, seed)
+        return {(a,b): (emb[idx[a]] @ emb[idx[b]].T).ravel() for i,a in enumerate(classes) for b in classes[i+1:]},classes
+    top,own,classes = _stranger_scores(emb, labels, max_per_class, shots, seed)
+    best = top.max(1)
+    return {c: best[own == i] for i,c in enumerate(classes)},classes
+
+def _sampled(emb, labels, max_per_class, seed):
     rng,emb,labels = np.random.default_rng(seed),_unit(emb),np.asarray(labels)
     classes = np.unique(labels)
-    idx = {c: rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in classes}
-    if kind == 'verify': return {(a,b): (emb[idx[a]] @ emb[idx[b]].T).ravel() for i,a in enumerate(classes) for b in classes[i+1:]},classes
-    # identification: each class a stranger to a gallery of `shots` images of every other class
-    g = {c: i[:shots] for c,i in idx.items()}
-    return {c: (emb[i] @ emb[np.concatenate([g[o] for o in classes if o != c])].T).max(1) for c,i in idx.items()},classes
+    return emb,labels,{c: rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in classes},classes
+
+def _stranger_scores(emb, labels, max_per_class, shots, seed):
+    "(images × classes) best cosine of each sampled image to each class's first `shots` sampled images, each image's class index, the classes"
+    emb,labels,idx,classes = _sampled(emb, labels, max_per_class, seed)
+    img,gal = np.concatenate([idx[c] for c in classes]),[idx[c][:shots] for c in classes]
+    starts = np.cumsum([0] + [len(g) for g in gal[:-1]])  # the gallery's columns come class by class
+    gal,own = emb[np.concatenate(gal)].T,np.searchsorted(classes, labels[img])
+    top = np.concatenate([np.maximum.reduceat(emb[b] @ gal, starts, axis=1) for b in np.array_split(img, -(-len(img)//4096))])
+    top[np.arange(len(img)), own] = -np.inf  # a stranger is never compared with its own class
+    return top,own,classes
+
+def _log_interp(x, xp, fp):
+    "Linear interpolation of log `fp` over `xp` (ascending), exponentiated: FARs fall by orders of magnitude between thresholds"
+    return np.exp(np.interp(x, xp, np.log(np.maximum(fp, 1e-12))))
+
+def _split_ratios(emb, labels, far, kind, n_splits, max_per_class, shots, min_false, seed, blocks=None):
+    "achieved/`far` on one random half of the classes at the threshold calibrated on the other, for `n_splits` splits; and the halves' sizes"
+    rng = np.random.default_rng(seed)
+    C = len(np.unique(labels)); nA = C//2
+    A = np.zeros((n_splits, C), bool)
+    for r in A: r[rng.choice(C, nA, replace=False)] = True
+    if kind == 'identify':
+        top,own,_ = _stranger_scores(emb, labels, max_per_class, shots, seed)
+        out = []
+        for a in A:
+            sa = np.where(a, top, -np.inf)[a[own]].max(1)  # strangers of half A against A's other classes
+            sb = np.where(~a, top, -np.inf)[~a[own]].max(1)
+            t = threshold_at_far(sa, far, min_false/2)  # half the classes, half the strangers: as resolved as the whole
+            out.append(max((sb >= t).mean(), .5/len(sb))/far)  # none falsely accepted: half an impostor, so the log stays finite
+        return np.array(out),nA,C-nA
+    blocks,classes = blocks or _impostor_blocks(emb, labels, 'verify', max_per_class, shots, seed)
+    pooled = np.sort(np.concatenate(list(blocks.values())))
+    fk = far*np.geomspace(20, 1/20, 49).clip(max=.5/far)  # a grid of thresholds from FAR 20×`far` down to `far`/20 on all the classes
+    tk = pooled[np.clip(np.round(len(pooled)*(1 - fk)).astype(int), 0, len(pooled)-1)]
+    Fc,Nc = np.zeros((C, C, len(tk)), np.float32),np.zeros((C, C), np.float32)
+    for (a,b),s in blocks.items():
+        i,j = np.searchsorted(classes, a),np.searchsorted(classes, b)
+        Fc[i,j] = Fc[j,i] = len(s) - np.searchsorted(np.sort(s), tk); Nc[i,j] = Nc[j,i] = len(s)
+    def fars(m):  # (splits, thresholds) FAR over the pairs of classes within each row's half, and the number of pairs
+        m = m.astype(np.float32)
+        n = np.einsum('sc,cd,sd->s', m, Nc, m)
+        return np.einsum('sc,sck->sk', m, (m @ Fc.reshape(C, -1)).reshape(len(m), C, -1))/n[:,None],n
+    (fa,_),(fb,nb) = fars(A),fars(~A)
+    if (fa.min(1) > far).any(): raise ValueError(f"half the {C} classes cannot resolve FAR {far:g}: more images a class, or a larger `far`")
+    k = np.argmax(fa <= far, axis=1)  # the first threshold of the grid meeting `far` on half A; interpolated with the one before
+    km = np.maximum(k-1, 0); s = np.arange(len(A))
+    w = np.where(k > 0, np.log(np.maximum(fa[s,km], 1e-12)/far)/np.log(np.maximum(fa[s,km], 1e-12)/np.maximum(fa[s,k], 1e-12)), 0)
+    got = np.exp((1-w)*np.log(np.maximum(fb[s,km], 1e-12)) + w*np.log(np.maximum(fb[s,k], 1e-12)))
+    return np.maximum(got, .5/nb)/far,nA,C-nA
 
 def calibrate_threshold(
     emb, labels, # embeddings of classes the model was not trained on (and, for identification, that will not be enrolled)
     far:float=1e-2, # target false-accept rate (verification) or false-positive identification rate
     kind:str='verify', # 'verify': impostor pairs; 'identify': each class scored as a stranger against `shots` images of the others
-    n_boot:int=1000, # bootstrap resamples of the classes for the interval
+    new_classes:int=None, # classes of the set the threshold will be used on (identify: the gallery, strangers apart); default as many as here
+    n_splits:int=200, # random halvings of the classes behind the prediction interval
     level:float=.8, # of the interval
     max_per_class:int=1000, # images per class used (seeded sample)
     shots:int=5, # identification: gallery images per class
     min_false:int=10, # as in `threshold_at_far`
     seed:int=0,
 ) -> Calibration:
-    "The threshold for `far` on held-out classes, with the FAR it gets there and a bootstrap-over-classes interval for the FAR on new classes"
+    "The threshold for `far` on held-out classes, the FAR it gets there, and a prediction interval for the FAR it gets on a new set of classes"
     if kind not in ('verify', 'identify'): raise ValueError(f"kind must be 'verify' or 'identify', got {kind!r}")
     blocks,classes = _impostor_blocks(emb, labels, kind, max_per_class, shots, seed)
     if len(classes) < 2: raise ValueError("calibration needs at least two classes")
-    tau = threshold_at_far(np.concatenate(list(blocks.values())), far, min_false)
-    ci = {c:i for i,c in enumerate(classes)}
-    F_,N_ = np.zeros((len(classes),)*2),np.zeros((len(classes),)*2)
-    for k,s in blocks.items():
-        i,j = (ci[k[0]],ci[k[1]]) if kind == 'verify' else (ci[k],ci[k])
-        F_[i,j] = F_[j,i] = (s >= tau).sum(); N_[i,j] = N_[j,i] = len(s)
-    w = np.random.default_rng(seed).multinomial(len(classes), np.full(len(classes), 1/len(classes)), n_boot).astype(float)
-    if kind == 'verify': num,den = np.einsum('bi,ij,bj->b', w, F_, w),np.einsum('bi,ij,bj->b', w, N_, w)  # pairs of distinct classes drawn
-    else: num,den = w @ F_.diagonal(),w @ N_.diagonal()
-    boot = num[den > 0]/den[den > 0]
-    lo,hi = np.quantile(boot, [(1-level)/2, (1+level)/2]) if len(boot) else (np.nan, np.nan)
-    return Calibration(tau, far, float(F_.sum()/N_.sum()), (float(lo), float(hi)), kind)
+    imp = np.concatenate(list(blocks.values()))
+    tau,C = threshold_at_far(imp, far, min_false),len(classes)
+    m = ifnone(new_classes, C)
+    cal = partial(Calibration, tau, far, float((imp >= tau).mean()), kind=kind, new_classes=m)
+    if C < 4: return cal((0., 1.), note=f'no interval: {C} classes cannot be halved into two sets of two')
+    try: r,nA,nB = _split_ratios(emb, labels, far, kind, n_splits, max_per_class, shots, min_false, seed, (blocks, classes) if kind == 'verify' else None)
+    except ValueError as e: return cal((0., 1.), note=f'no interval: {e}')
+    lr = np.log(r); mid = np.median(lr)
+    spread = max(1, np.sqrt((1/C + 1/m)/(1/nA + 1/nB)))  # a set's FAR varies as 1/its classes; never narrower than the halvings show
+    shift = np.log((m-1)/(C-1)) if kind == 'identify' else 0.  # a stranger's FPIR grows with the gallery, to first order in proportion
+    lo,hi = far*np.exp(mid + shift + spread*(np.quantile(lr, [(1-level)/2, (1+level)/2]) - mid))
+    return cal((float(lo), float(min(hi, 1.))))
 
 def achieved_far(emb, labels, threshold:float, kind:str='verify', max_per_class:int=1000, shots:int=5, seed:int=0) -> float:
     "The FAR (or FPIR) `threshold` gets on the classes of `labels`, measured as `calibrate_threshold` measures it"
     s = np.concatenate(list(_impostor_blocks(emb, labels, kind, max_per_class, shots, seed)[0].values()))
     return float((s >= threshold).mean())
+
+def threshold_transfer(
+    emb, labels, # embeddings of classes the model was not trained on, and their classes
+    far:float=1e-2, # target FAR (FPIR)
+    kind:str='verify', # as in `calibrate_threshold`
+    splits:int=20, # random halvings of the classes: calibrate on one half, measure on the other
+    seed:int=0,
+    **kwargs # passed to `calibrate_threshold`
+) -> pd.DataFrame:
+    "Per split: the threshold and interval calibrated on half the classes, the FAR they get on the other half, and whether it is covered"
+    emb,labels = _unit(emb),np.asarray(labels)
+    classes,rng,rows = np.unique(labels),np.random.default_rng(seed),[]
+    for i in progress_bar(range(splits), leave=False):
+        cal = np.isin(labels, rng.choice(classes, len(classes)//2, replace=False))
+        c = calibrate_threshold(emb[cal], labels[cal], far, kind, new_classes=len(classes) - len(classes)//2, seed=seed+i, **kwargs)
+        got = achieved_far(emb[~cal], labels[~cal], c.threshold, kind, shots=kwargs.get('shots', 5), seed=seed+i)
+        rows.append(dict(split=i, kind=kind, threshold=c.threshold, lo=c.interval[0], hi=c.interval[1], achieved=got))
+    df = pd.DataFrame(rows)
+    return df.assign(ratio=df.achieved/far, covered=(df.lo <= df.achieved) & (df.achieved <= df.hi), within_2x=(df.achieved/far).between(.5, 2))
+
 
 # %% ../nbs/04d_gallery.ipynb #b18dfe01
 @patch

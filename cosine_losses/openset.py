@@ -17,9 +17,9 @@ from .data import ImageRows, ToImageBW, IndexCategorize, tensor_dls, mnist_dls, 
 
 # %% auto #0
 __all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'ClassSplitter', 'open_set_dls', 'load_dls', 'class_table',
-           'Scores', 'retrieval_metrics', 'verification_pairs', 'tar_at_far', 'best_threshold', 'verification_accuracy',
-           'class_scores', 'dir_at_far', 'identification_metrics', 'identification_split', 'identification_protocol',
-           'open_set_scores', 'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
+           'Scores', 'retrieval_metrics', 'pair_index', 'verification_pairs', 'tar_at_far', 'best_threshold',
+           'verification_accuracy', 'class_scores', 'dir_at_far', 'identification_metrics', 'identification_split',
+           'identification_protocol', 'open_set_scores', 'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
 
 # %% ../nbs/04a_openset.ipynb #7734147d
 class OpenSetDataLoaders(DataLoaders):
@@ -206,14 +206,16 @@ def retrieval_metrics(emb, labels) -> dict:
     r = calc.get_accuracy(emb, labels)  # no reference set: the queries are the references, each excluded from its own neighbours
     return dict(precision_at_1=r['precision_at_1'], r_precision=r['r_precision'], map_at_r=r['mean_average_precision_at_r'])
 
+def pair_index(n:int, max_pairs:int=2_000_000, seed:int=0) -> tuple:
+    "(i, j) of every pair of `n` items, or of `max_pairs` pairs of distinct items drawn uniformly with `seed` when there are more"
+    if n*(n-1)//2 <= max_pairs: return tuple(torch.triu_indices(n, n, 1))
+    g = torch.Generator().manual_seed(seed)
+    i,j = torch.randint(0, n, (max_pairs,), generator=g),torch.randint(0, n-1, (max_pairs,), generator=g)
+    return i,j + (j >= i)  # never a pair of an item with itself
+
 def verification_pairs(emb, labels, max_pairs:int=2_000_000, seed:int=0) -> tuple:
     "Cosine similarity and same-class flag of every pair, or of `max_pairs` distinct pairs drawn uniformly with `seed` when there are more"
-    n = len(emb)
-    if n*(n-1)//2 <= max_pairs: i,j = torch.triu_indices(n, n, 1)
-    else:
-        g = torch.Generator().manual_seed(seed)
-        i,j = torch.randint(0, n, (max_pairs,), generator=g),torch.randint(0, n-1, (max_pairs,), generator=g)
-        j += j >= i  # never a pair of an image with itself
+    i,j = pair_index(len(emb), max_pairs, seed)
     emb = F.normalize(torch.as_tensor(emb).float(), dim=1)
     sims = torch.cat([(emb[a]*emb[b]).sum(1) for a,b in zip(i.split(2**18), j.split(2**18))])  # in chunks: 2**18 × d floats at a time
     return sims.numpy(),(labels[i] == labels[j]).numpy()
