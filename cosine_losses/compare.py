@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/compare.html.md"""
 
 # %% ../nbs/05_compare.ipynb #a526f3e4
 from __future__ import annotations
-import contextlib, random, shutil, time
+import base64, contextlib, html, random, shutil, time
 from fastai.vision.all import *
 from .losses import check_margins
 from .family import FAMILY_PRESETS
@@ -17,7 +17,8 @@ from .checkpoint import Checkpoint
 
 # %% auto #0
 __all__ = ['PRESETS', 'FAR_GRID', 'parse_loss', 'EpochTimer', 'make_learner', 'train_one', 'NoFallbackLoss', 'summarize',
-           'format_summary', 'plot_compare', 'roc_rows', 'plot_roc_compare', 'compare']
+           'format_summary', 'plot_compare', 'roc_rows', 'plot_roc_compare', 'plot_det_compare', 'cmc_rows',
+           'plot_cmc_compare', 'compare', 'write_sheet']
 
 # %% ../nbs/05_compare.ipynb #181dc261
 PRESETS = {'softmax': None, 'arcface': dict(m2=.5), 'cosface': dict(m2=0., m3=.35), 'sphereface': dict(m1=1.35, m2=0.),
@@ -70,7 +71,7 @@ def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, 
     watch = getattr(learn, 'stuck_run_watch', None)  # a run that never learned is reported as failed, not as a result
     rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(
         seconds=timer.times, failed=watch is not None and watch.stuck is not None)
-    if open_set: rows.attrs['roc'] = open_set[0].roc; rows['notes'] = open_set[0].notes
+    if open_set: rows.attrs.update(roc=open_set[0].roc, cmc=open_set[0].cmc); rows['notes'] = open_set[0].notes
     return rows
 
 # %% ../nbs/05_compare.ipynb #5a421935
@@ -146,9 +147,33 @@ def plot_roc_compare(roc:pd.DataFrame, ax=None):
               for m in [d.groupby('far').tar.mean().dropna()]}
     return plot_roc(curves, ax=ax)
 
+def plot_det_compare(roc:pd.DataFrame, ax=None):
+    "DET curves (false non-match rate against false match rate, log axes) of each loss, its seeds' mean, from `roc.csv`"
+    if ax is None: _,ax = plt.subplots(figsize=(5, 4))
+    for l,d in roc.groupby('loss', sort=False):
+        m = 1 - d.groupby('far').tar.mean().dropna()
+        ax.plot(m.index[m > 0], m[m > 0], marker='.', label=f'{l} (n={d.seed.nunique()})')  # a rate of 0 has no place on a log axis
+    ax.set(xscale='log', yscale='log', xlabel='false match rate (FMR)', ylabel='false non-match rate (FNMR)', title='DET, unseen classes')
+    ax.grid(alpha=.3, which='both'); ax.legend(fontsize=8)
+    return ax.figure
+
+def cmc_rows(cmc) -> pd.DataFrame:
+    "A CMC curve (identification rate at ranks 1, 2, …) as rows"
+    return pd.DataFrame(dict(rank=np.arange(1, len(cmc)+1), rate=cmc))
+
+def plot_cmc_compare(cmc:pd.DataFrame, ax=None):
+    "Mean CMC curve of each loss over its seeds, from `cmc.csv`"
+    if ax is None: _,ax = plt.subplots(figsize=(5, 4))
+    for l,d in cmc.groupby('loss', sort=False):
+        m = d.groupby('rank').rate.mean()
+        ax.plot(m.index, m*100, marker='.', label=f'{l} (n={d.seed.nunique()})')
+    ax.set(xlabel='rank', ylabel='identification rate %', title='CMC, unseen classes'); ax.grid(alpha=.3); ax.legend(fontsize=8)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    return ax.figure
+
 # %% ../nbs/05_compare.ipynb #f6d04f81
 def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:int=3, lr:float=3e-2, out='cosine_compare',
-            quiet:bool=False, **kwargs) -> pd.DataFrame:
+            quiet:bool=False, sheet:bool=False, **kwargs) -> pd.DataFrame:
     "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`, the run in flight from its last epoch; write the summary and plots"
     for l in losses: parse_loss(l)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +190,8 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
         if 'failed' not in head: pd.read_csv(csv).assign(failed=False).to_csv(csv, index=False); head.append('failed')  # older files
         if 'roc' in rows.attrs:  # written first: a run counts as done once its epochs are in epochs.csv
             roc_rows(*rows.attrs['roc']).assign(**dict(zip(_KEY, key(loss, seed)))).to_csv(out/'roc.csv', mode='a', header=not (out/'roc.csv').exists(), index=False)
+        if rows.attrs.get('cmc') is not None:
+            cmc_rows(rows.attrs['cmc']).assign(**dict(zip(_KEY, key(loss, seed)))).to_csv(out/'cmc.csv', mode='a', header=not (out/'cmc.csv').exists(), index=False)
         rows.reindex(columns=head).to_csv(csv, mode='a', header=not csv.exists(), index=False)
         shutil.rmtree(ck)
     if (out/'checkpoints').exists() and not any((out/'checkpoints').iterdir()): (out/'checkpoints').rmdir()
@@ -175,6 +202,37 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
     plot_compare(res).savefig(out/'accuracy.png', dpi=120, bbox_inches='tight')
     if 'map_at_r' in res:
         plot_compare(res, 'map_at_r').savefig(out/'map_at_r.png', dpi=120, bbox_inches='tight')
-        plot_roc_compare(sel(pd.read_csv(out/'roc.csv'))).savefig(out/'roc.png', dpi=120, bbox_inches='tight')
+        roc = sel(pd.read_csv(out/'roc.csv'))
+        plot_roc_compare(roc).savefig(out/'roc.png', dpi=120, bbox_inches='tight'); plot_det_compare(roc).savefig(out/'det.png', dpi=120, bbox_inches='tight')
+        if (out/'cmc.csv').exists(): plot_cmc_compare(sel(pd.read_csv(out/'cmc.csv'))).savefig(out/'cmc.png', dpi=120, bbox_inches='tight')
     plt.close('all')
+    if sheet: write_sheet(out, summ)
     return summ
+
+def _md_table(md:str) -> str:
+    "A markdown table (`format_summary`'s) as HTML"
+    rows = [[c.strip() for c in l.strip('|').split('|')] for l in md.splitlines() if l.startswith('|') and not l.startswith('|---')]
+    cell = lambda t,v: f'<{t}>{html.escape(v)}</{t}>'
+    return ('<table><tr>' + ''.join(cell('th', v) for v in rows[0]) + '</tr>'
+            + ''.join('<tr>' + ''.join(cell('td', v) for v in r) + '</tr>' for r in rows[1:]) + '</table>')
+
+def write_sheet(
+    out, # a `compare` folder
+    summ:pd.DataFrame=None, # its summary; default read from `summary.csv`
+    title:str=None, # default the folder's name
+) -> Path:
+    "One self-contained HTML page of a comparison: the summary table, its notes, and every figure (embedded), to look at without a notebook"
+    out = Path(out)
+    summ = summ if summ is not None else pd.read_csv(out/'summary.csv', index_col='loss')
+    md = format_summary(summ)
+    notes = [l[2:] for l in md.splitlines() if l.startswith('- ')]
+    figs = [f for f in ('accuracy', 'map_at_r', 'roc', 'det', 'cmc') if (out/f'{f}.png').exists()]
+    img = lambda f: f'<figure><img alt="{f}" src="data:image/png;base64,{base64.b64encode((out/f"{f}.png").read_bytes()).decode()}"></figure>'
+    title = html.escape(ifnone(title, out.resolve().name))
+    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>body{{font-family:sans-serif;margin:2em}}'
+            'table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}img{max-width:48%;float:left}'
+            f'figure{{margin:0}}</style></head><body><h1>{title}</h1>{_md_table(md)}'
+            + (('<ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in notes) + '</ul>') if notes else '')
+            + ''.join(img(f) for f in figs) + '</body></html>')
+    (out/'sheet.html').write_text(page)
+    return out/"sheet.html"

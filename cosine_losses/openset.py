@@ -194,10 +194,10 @@ OPEN_SET_KEYS = ('precision_at_1', 'r_precision', 'map_at_r', 'roc_auc', 'eer', 
                  'rank_1', 'dir_at_far_1e-2')
 
 class Scores(dict):
-    "A dict of scores, with `reasons` {key: why it is NaN}, `thresholds` {key: the cosine threshold it was measured at} and `protocol`"
-    def __init__(self, *args, reasons=None, thresholds=None, protocol='', **kwargs):
+    "A dict of scores, with `reasons` {key: why it is NaN}, `thresholds` {key: the cosine threshold it was measured at}, `protocol`, `cmc`"
+    def __init__(self, *args, reasons=None, thresholds=None, protocol='', cmc=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.reasons,self.thresholds,self.protocol = ifnone(reasons, {}),ifnone(thresholds, {}),protocol
+        self.reasons,self.thresholds,self.protocol,self.cmc = ifnone(reasons, {}),ifnone(thresholds, {}),protocol,cmc
     def nan(self, key, why): self[key] = np.nan; self.reasons[key] = why
 
 def retrieval_metrics(emb, labels) -> dict:
@@ -269,6 +269,7 @@ def identification_metrics(
     fars=(1e-1, 1e-2), # FPIRs reported as `dir_at_far_f`
     min_false:int=10, # a FPIR f is resolved by at least `min_false`/f non-mated probes, else NaN
     strangers=None, # (emb, labels) scored as non-mated probes against the gallery without their own class; default the probes of other classes
+    max_rank:int=20, # the CMC curve (`cmc`: identification rate at ranks 1, 2, …) stops here
 ) -> Scores:
     "Open-set identification: rank-k of the mated probes (CMC) and DIR@FAR (TPIR at FPIR, rank 1); a tie with another class counts as a miss"
     s,classes = class_scores(gallery_emb, gallery_labels, probe_emb)
@@ -278,11 +279,11 @@ def identification_metrics(
     rank = (s[mated] >= true).sum(1)  # 1 + the classes scoring at least as high: ties are pessimistic
     top = s.max(1).values
     nonmated = top[~mated]
+    res = Scores(cmc=np.array([float((rank <= k).float().mean()) for k in range(1, min(max_rank, len(classes))+1)]) if mated.any() else None)
     if strangers is not None:  # each class a stranger in turn: its images against the other classes' gallery
         ss,sl = class_scores(gallery_emb, gallery_labels, strangers[0])[0],torch.as_tensor(strangers[1]).long()
         own = classes[None] == sl[:,None]
         nonmated = ss.masked_fill(own, -2.).max(1).values[~own.all(1)]  # a stranger needs some other class to be mistaken for
-    res = Scores()
     for k in ranks:
         if mated.any(): res[f'rank_{k}'] = float((rank <= k).float().mean())
         else: res.nan(f'rank_{k}', 'no mated probe (no probe of a gallery class)')
@@ -363,7 +364,7 @@ def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol='aut
     gi,pi,loo,protocol = identification_protocol(labels, enrol, shots, seed)
     ident = identification_metrics(emb[gi], labels[gi], emb[pi], labels[pi], ranks=(1,), fars=(1e-2,), strangers=(emb, labels) if loo else None)
     res.update(ident); res.reasons.update(ident.reasons); res.thresholds.update(ident.thresholds)
-    return Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds, protocol=protocol),(fpr,tpr)
+    return Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds, protocol=protocol, cmc=ident.cmc),(fpr,tpr)
 
 def open_set_metrics(
     emb, # embeddings (N, d) of images of classes not seen in training; cosine similarity is used, so their norm does not matter
@@ -417,6 +418,7 @@ class OpenSetMetrics(Callback):
         scores,self.roc = open_set_scores(*embed(self.model, self.unseen), **self.kwargs)
         self.scores.update(scores)
         self.notes = '; '.join([scores.protocol, *(f'{k} n/a: {why}' for k,why in scores.reasons.items())])  # what was measured, what could not be
+        self.cmc = scores.cmc
     def after_fit(self):
         self.learn.metrics = [m for m in self.learn.metrics if m not in self.value_metrics]
         del self.value_metrics
