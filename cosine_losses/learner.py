@@ -116,11 +116,13 @@ class MarginWarmup(Callback):
     "Ramp `CombinedMarginLoss`'s margins linearly from none (m1 = 1, m2 = m3 = 0) to `m1`, `m2`, `m3` over the first `pct` of each fit"
     order,run_valid = 5,False  # before a user's `MarginScheduler` (65), which wins for the margins it schedules
     def __init__(self, pct:float=.3, m1=1., m2=0., m3=0.): store_attr()
+    def before_fit(self): self.ramping = True
     def before_batch(self):
-        if hasattr(self.learn, 'lr_finder'): return
+        if hasattr(self.learn, 'lr_finder') or not self.ramping: return  # once at full margins, a user's own changes stand
         r = min(1., self.pct_train/self.pct) if self.pct > 0 else 1.
         lf = self.learn.loss_func
         lf.m1,lf.m2,lf.m3 = 1 + (self.m1 - 1)*r,self.m2*r,self.m3*r
+        self.ramping = r < 1
     def after_fit(self): lf = self.learn.loss_func; lf.m1,lf.m2,lf.m3 = self.m1,self.m2,self.m3
 
 @delegates(_head_learner, but=['head', 'loss_func'])
