@@ -172,6 +172,8 @@ def plot_cmc_compare(cmc:pd.DataFrame, ax=None):
     return ax.figure
 
 # %% ../nbs/05_compare.ipynb #f6d04f81
+def _append(df, csv): df.to_csv(csv, mode='a', header=not csv.exists(), index=False)
+
 def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:int=3, lr:float=3e-2, out='cosine_compare',
             quiet:bool=False, sheet:bool=False, **kwargs) -> pd.DataFrame:
     "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`, the run in flight from its last epoch; write the summary and plots"
@@ -189,9 +191,8 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
         head = list(pd.read_csv(csv, nrows=0).columns) if csv.exists() else list(rows.columns)  # append in the file's own columns
         if 'failed' not in head: pd.read_csv(csv).assign(failed=False).to_csv(csv, index=False); head.append('failed')  # older files
         if 'roc' in rows.attrs:  # written first: a run counts as done once its epochs are in epochs.csv
-            roc_rows(*rows.attrs['roc']).assign(**dict(zip(_KEY, key(loss, seed)))).to_csv(out/'roc.csv', mode='a', header=not (out/'roc.csv').exists(), index=False)
-        if rows.attrs.get('cmc') is not None:
-            cmc_rows(rows.attrs['cmc']).assign(**dict(zip(_KEY, key(loss, seed)))).to_csv(out/'cmc.csv', mode='a', header=not (out/'cmc.csv').exists(), index=False)
+            _append(roc_rows(*rows.attrs['roc']).assign(**dict(zip(_KEY, key(loss, seed)))), out/'roc.csv')
+        if rows.attrs.get('cmc') is not None: _append(cmc_rows(rows.attrs['cmc']).assign(**dict(zip(_KEY, key(loss, seed)))), out/'cmc.csv')
         rows.reindex(columns=head).to_csv(csv, mode='a', header=not csv.exists(), index=False)
         shutil.rmtree(ck)
     if (out/'checkpoints').exists() and not any((out/'checkpoints').iterdir()): (out/'checkpoints').rmdir()
@@ -203,7 +204,8 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
     if 'map_at_r' in res:
         plot_compare(res, 'map_at_r').savefig(out/'map_at_r.png', dpi=120, bbox_inches='tight')
         roc = sel(pd.read_csv(out/'roc.csv'))
-        plot_roc_compare(roc).savefig(out/'roc.png', dpi=120, bbox_inches='tight'); plot_det_compare(roc).savefig(out/'det.png', dpi=120, bbox_inches='tight')
+        plot_roc_compare(roc).savefig(out/'roc.png', dpi=120, bbox_inches='tight')
+        plot_det_compare(roc).savefig(out/'det.png', dpi=120, bbox_inches='tight')
         if (out/'cmc.csv').exists(): plot_cmc_compare(sel(pd.read_csv(out/'cmc.csv'))).savefig(out/'cmc.png', dpi=120, bbox_inches='tight')
     plt.close('all')
     if sheet: write_sheet(out, summ)
@@ -230,7 +232,7 @@ def write_sheet(
     img = lambda f: f'<figure><img alt="{f}" src="data:image/png;base64,{base64.b64encode((out/f"{f}.png").read_bytes()).decode()}"></figure>'
     title = html.escape(ifnone(title, out.resolve().name))
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>body{{font-family:sans-serif;margin:2em}}'
-            'table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}img{max-width:48%;float:left}'
+            'table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}td{white-space:nowrap}img{max-width:48%;float:left}'
             f'figure{{margin:0}}</style></head><body><h1>{title}</h1>{_md_table(md)}'
             + (('<ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in notes) + '</ul>') if notes else '')
             + ''.join(img(f) for f in figs) + '</body></html>')

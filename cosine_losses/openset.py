@@ -328,11 +328,11 @@ def identification_protocol(
         rng = np.random.default_rng(seed)
         gi = np.sort([rng.choice(np.flatnonzero(labels == c)) for c in np.unique(labels)])
         pi = np.setdiff1d(np.arange(N), gi)
-        return gi,pi,True,(f'identification: 1 image of each of the {C} classes enrolled, the other {len(pi)} images mated probes; '
+        return gi,pi,True,(f'identification: 1 image of each of the {C} classes enrolled, the other {len(pi)} images mated probes, '
                            f'every image ({N}) also a stranger to the gallery without its class (each class left out in turn)')
     gi,pi = identification_split(labels, enrol, shots, seed)
     k,mated = len(np.unique(labels[gi])),int(np.isin(labels[pi], labels[gi]).sum())
-    return gi,pi,False,(f'identification: up to {shots} images of each of {k} of the {C} classes enrolled; '
+    return gi,pi,False,(f'identification: up to {shots} images of each of {k} of the {C} classes enrolled, '
                         f'{mated} mated and {len(pi) - mated} non-mated probes')
 
 def _check_emb(emb, labels):
@@ -364,7 +364,8 @@ def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol='aut
     gi,pi,loo,protocol = identification_protocol(labels, enrol, shots, seed)
     ident = identification_metrics(emb[gi], labels[gi], emb[pi], labels[pi], ranks=(1,), fars=(1e-2,), strangers=(emb, labels) if loo else None)
     res.update(ident); res.reasons.update(ident.reasons); res.thresholds.update(ident.thresholds)
-    return Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds, protocol=protocol, cmc=ident.cmc),(fpr,tpr)
+    scores = Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds, protocol=protocol, cmc=ident.cmc)
+    return scores,(fpr,tpr)
 
 def open_set_metrics(
     emb, # embeddings (N, d) of images of classes not seen in training; cosine similarity is used, so their norm does not matter
