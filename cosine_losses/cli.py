@@ -74,14 +74,16 @@ def cosine_compare(
     n_train:int=None, # use only the first `n_train` training images (quick runs)
     n_valid:int=None, # use only the first `n_valid` test images
     out:str='cosine_compare', # folder for epochs.csv, summary.csv and the plots
+    sheet:bool=False, # also write sheet.html: the table, its notes and every figure on one page, to look at without a notebook
 ):
     "Train fastai's softmax learner and cosine learners with `fit_one_cycle`; print accuracy (and open-set scores) and time per epoch"
     dls = load_data(data, csv, bs, seen, seen_seed, unseen_split, size, augment, valid_pct, n_train, n_valid, out)
     arch = arch_from_name(arch, pretrained)
-    try: summ = compare(dls, losses or ('softmax', 'arcface', 'combined'), epochs, seeds, lr, out, emb_size=emb_size, arch=arch, pretrained=pretrained)
+    try: summ = compare(dls, losses or ('softmax', 'arcface', 'combined'), epochs, seeds, lr, out, sheet=sheet, emb_size=emb_size, arch=arch,
+                        pretrained=pretrained)
     except KeyboardInterrupt: _interrupted(out)
     print(format_summary(summ))
-    print(f'\nwrote {out}/epochs.csv, {out}/summary.csv, {out}/classes.csv and plots')
+    print(f'\nwrote {out}/epochs.csv, {out}/summary.csv, {out}/classes.csv and plots' + (f', and {out}/sheet.html' if sheet else ''))
 
 # %% ../nbs/09_cli.ipynb #8217f5c8
 @call_parse
@@ -135,7 +137,8 @@ def cosine_sweep(
 
 # %% ../nbs/09_cli.ipynb #9a11e002
 from fastcore.script import CliError
-from .gallery import Gallery, GalleryMismatch, enrol_folder, identify_folder, load_model
+from .gallery import Gallery, GalleryMismatch, enrol_folder, identify_folder
+from .learner_gallery import load_model
 
 def _skipped(bad):
     if bad: print(f"skipped {len(bad)} unreadable image(s):\n" + '\n'.join(f'  {f}: {why}' for f,why in bad), file=sys.stderr)
@@ -143,7 +146,7 @@ def _skipped(bad):
 @call_parse
 def cosine_gallery(
     action:Annotated[str, "enrol: a folder of class folders into the gallery; identify: a folder of queries against it", {'choices': ['enrol', 'identify']}],
-    model:str, # an exported learner (`learn.export`)
+    model:str, # an exported learner (`learn.export`'s pickle) or an ONNX model (`learn.export_onnx`'s .onnx, no pickle)
     folder:str, # enrol: one folder of images per label, named by it; identify: the query images
     gallery:str='gallery.zip', # the gallery file: written by `enrol` (added to if it exists), read by `identify`
     replace:bool=False, # enrol: start the gallery file anew instead of adding to it (e.g. for another model)
@@ -156,19 +159,19 @@ def cosine_gallery(
 ):
     "Enrol labelled images into a gallery file, or identify query images against one at a chosen false-accept rate"
     try:
-        learn = load_model(model, cpu=cpu or not torch.cuda.is_available())
+        m,name = load_model(model, cpu=cpu or not torch.cuda.is_available()),Path(model).name
         if action == 'enrol':
             g = Gallery.load(gallery) if Path(gallery).exists() and not replace else None
-            try: g,bad = enrol_folder(learn, folder, g, bs, calibrate=calibrate)
-            except GalleryMismatch as e: raise CliError(f"{gallery} was enrolled with another model than {model}: {e}. Enrol into a new "
+            try: g,bad = enrol_folder(m, folder, g, bs, calibrate=calibrate, name=name)
+            except GalleryMismatch as e: raise CliError(f"{gallery}: {e}. Enrol into a new "
                                                         f"--gallery file, or pass --replace to start {gallery} anew") from None
             g.save(gallery); _skipped(bad)
             print(f"enrolled {len(g)} images of {len(g.classes)} classes into {gallery}")
         else:
             if far is None and threshold is None: raise CliError("pass --far (a false-accept rate) or --threshold")
             if not Path(gallery).is_file(): raise CliError(f"no gallery file {gallery}: run `cosine-gallery enrol` first")
-            try: df,bad = identify_folder(learn, Gallery.load(gallery), folder, threshold, far, bs)
-            except GalleryMismatch as e: raise CliError(f"{gallery} was enrolled with another model than {model}: {e}. Identify with the "
+            try: df,bad = identify_folder(m, Gallery.load(gallery), folder, threshold, far, bs, name=name)
+            except GalleryMismatch as e: raise CliError(f"{gallery}: {e}. Identify with the "
                                                         f"model it was enrolled with, or enrol its images again with {model}") from None
             df.to_csv(out, index=False); _skipped(bad)
             print(f"identified {len(df)} images, {(df.label == 'unknown').sum()} unknown: wrote {out}")

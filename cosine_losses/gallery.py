@@ -6,32 +6,19 @@ Docs: https://cosine-losses.github.io/cosine_losses/gallery.html.md"""
 
 # %% ../nbs/04d_gallery.ipynb #f5373248
 from __future__ import annotations
-import hashlib, io, json, os, tempfile, zipfile
-from typing import NamedTuple
-import faiss
-from fastai.vision.all import *
-from sklearn.metrics import roc_auc_score
-from .learner import cosine_learner
+import importlib, io, json, mimetypes, os, tempfile, zipfile
+from pathlib import Path
+import faiss, numpy as np
+from PIL import Image
 
 # %% auto #0
-__all__ = ['FORMAT', 'model_fingerprint', 'GalleryMismatch', 'threshold_at_far', 'Gallery', 'Calibration', 'calibrate_threshold',
-           'achieved_far', 'threshold_transfer', 'rejection_auroc', 'enrol_folder', 'identify_folder', 'load_model']
+__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'Gallery', 'image_files', 'enrol_folder', 'identify_folder']
 
 # %% ../nbs/04d_gallery.ipynb #a6b30be0
-def model_fingerprint(
-    model:nn.Module, # the whole model; its last layer (the head) is left out: embeddings do not depend on it
-) -> str:
-    "A hash of the body's parameter names, shapes and values: a gallery made with another model, or other weights, is refused"
-    h = hashlib.sha256()
-    for k,v in getattr(model, 'module', model)[:-1].state_dict().items():
-        if k.endswith('num_batches_tracked'): continue  # a counter, not a weight
-        v = v.detach().cpu().contiguous()
-        h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode()); h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b'')
-    return h.hexdigest()[:16]
-
 def _unit(emb) -> np.ndarray:
-    "Float32 unit rows (N, d) of a tensor (fastai's subclasses too) or an array"
-    emb = emb.detach().cpu().as_subclass(Tensor).float().numpy() if isinstance(emb, Tensor) else np.asarray(emb, dtype=np.float32)
+    "Float32 unit rows (N, d) of an array or a tensor (fastai's subclasses too)"
+    if hasattr(emb, 'detach'): emb = emb.detach().cpu().float().numpy()  # a tensor, read without importing torch here
+    emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim == 1: emb = emb[None]
     if emb.ndim != 2: raise ValueError(f"embeddings must be (N, d), got shape {emb.shape}")
     n = np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
@@ -46,12 +33,17 @@ def _positions(mask, show:int=10) -> str:
     return ', '.join(map(str, i[:show])) + (f", ... {len(i)-show} more" if len(i) > show else '')
 
 def _label(o):
-    "A label as JSON keeps it: a string or an int"
-    if isinstance(o, (str, int)) and not isinstance(o, bool): return o
-    if isinstance(o, (np.integer, Tensor)) and np.ndim(o) == 0 and not getattr(o, 'is_floating_point', lambda: False)(): return int(o)
+    "A label as JSON keeps it: a string or an int (numpy's and torch's integer scalars too)"
+    if isinstance(o, str) or (isinstance(o, int) and not isinstance(o, bool)): return o
+    v = o.item() if hasattr(o, 'item') and np.ndim(o) == 0 else None
+    if isinstance(v, int) and not isinstance(v, bool): return v
     raise TypeError(f"labels must be strings or integers, got {o!r} of type {type(o).__name__}")
 
 class GalleryMismatch(ValueError): "A gallery used with embeddings of another size or another model"
+
+def _who(model:str=None, fingerprint:str=None) -> str:
+    "A model as an error names it: its file and fingerprint, as far as known"
+    return ' '.join([model or 'a model', f"(fingerprint {fingerprint})" if fingerprint else ''] if model or fingerprint else ['another model']).strip()
 
 def _npy(a) -> bytes: buf = io.BytesIO(); np.save(buf, a, allow_pickle=False); return buf.getvalue()
 
@@ -75,9 +67,10 @@ class Gallery:
         index:str='Flat', # faiss factory string: 'Flat' is exact; 'HNSW32' or 'IVF1024,Flat' are approximate, for 10⁶ images and more
         params:dict=None, # search parameters of an approximate index, e.g. {'efSearch': 128} or {'nprobe': 32}
         threshold:float=None, # cosine threshold of `identify` and `verify` when none is passed
-        fingerprint:str=None, # `model_fingerprint` of the model the embeddings come from; else set by the first `add` that gives one
+        fingerprint:str=None, # fingerprint of the model the embeddings come from; else set by the first `add` that gives one
+        model:str=None, # that model's name (its file), for errors; else set by the first `add` that gives one
     ):
-        store_attr('index,params,threshold,fingerprint')
+        self.index,self.params,self.threshold,self.fingerprint,self.model = index,params,threshold,fingerprint,model
         self.d,self.vocab,self.codes,self.impostor,self._index = None,[],np.zeros(0, np.int64),None,None
     def __len__(self): return len(self.codes)
     def __repr__(self): return f"Gallery({len(self)} images of {len(self.classes)} classes, d={self.d}, index={self.index!r})"
@@ -86,17 +79,21 @@ class Gallery:
     @property
     def labels(self) -> list: return [self.vocab[c] for c in self.codes]
 
-    def _check(self, emb, fingerprint:str=None) -> np.ndarray:
+    def _check(self, emb, fingerprint:str=None, model:str=None) -> np.ndarray:
         emb = _unit(emb)
         if self.d is not None and emb.shape[1] != self.d:
-            raise GalleryMismatch(f"embeddings of size {emb.shape[1]}, but the gallery holds size {self.d} (another model's)")
-        self.check_model(fingerprint)
+            raise GalleryMismatch(f"embeddings of size {emb.shape[1]} from {_who(model)}, but the gallery holds size {self.d} "
+                                  f"from {_who(self.model)}")
+        self.check_model(fingerprint, model)
         return emb
-    def check_model(self, fingerprint:str=None):
-        "Refuse a model other than the gallery's, by `model_fingerprint`"
+    def check_model(self,
+        fingerprint:str=None, # of the model about to add or search embeddings
+        model:str=None, # its name, for the error
+    ):
+        "Refuse a model other than the gallery's, by fingerprint, naming both"
         if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
-            raise GalleryMismatch(f"the gallery was enrolled with another model (fingerprint {self.fingerprint}, "
-                                  f"these embeddings' model has {fingerprint}); a gallery holds one model's embeddings")
+            raise GalleryMismatch(f"the gallery was enrolled with {_who(self.model, self.fingerprint)}, but these embeddings come from "
+                                  f"{_who(model, fingerprint)}: a gallery holds one model's embeddings")
     def _new_index(self, emb):
         idx = faiss.index_factory(self.d, self.index, faiss.METRIC_INNER_PRODUCT)
         if not idx.is_trained: idx.train(emb)  # an IVF's coarse centroids, from the first images enrolled
@@ -104,14 +101,15 @@ class Gallery:
         return idx
 
     def add(self,
-        emb, # embeddings (N, d) of the images to enrol: a tensor (fastai's subclasses too) or an array, of any norm
+        emb, # embeddings (N, d) of the images to enrol: an array or a tensor (fastai's subclasses too), of any norm
         labels, # their labels, strings or integers: more images of a known label, or a new one
-        fingerprint:str=None, # `model_fingerprint` of the model they come from, checked against the gallery's
+        fingerprint:str=None, # fingerprint of the model they come from, checked against the gallery's
+        model:str=None, # that model's name, for errors
     ):
         "Enrol images of known or new labels"
-        emb,labels = self._check(emb, fingerprint),[_label(o) for o in (labels.tolist() if hasattr(labels, 'tolist') else labels)]
+        emb,labels = self._check(emb, fingerprint, model),[_label(o) for o in (labels.tolist() if hasattr(labels, 'tolist') else labels)]
         if len(labels) != len(emb): raise ValueError(f"{len(emb)} embeddings but {len(labels)} labels")
-        self.d,self.fingerprint = emb.shape[1],ifnone(self.fingerprint, fingerprint)
+        self.d,self.fingerprint,self.model = emb.shape[1],self.fingerprint or fingerprint,self.model or model
         pos = {o:i for i,o in enumerate(self.vocab)}
         for o in labels: pos.setdefault(o, len(pos))
         self.vocab = list(pos)
@@ -193,7 +191,7 @@ class Gallery:
         "Write the gallery to one file: a zip of the faiss index, the label codes (.npy) and JSON metadata; atomic, no pickle"
         path = Path(path)
         meta = dict(format=FORMAT, d=self.d, n=len(self), index=self.index, params=self.params, threshold=self.threshold,
-                    fingerprint=self.fingerprint, vocab=self.vocab)
+                    fingerprint=self.fingerprint, model=self.model, vocab=self.vocab)
         fd,tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
         try:
             with os.fdopen(fd, 'wb') as f:
@@ -210,7 +208,8 @@ class Gallery:
     @classmethod
     def load(cls,
         path, # a file written by `save`
-        fingerprint:str=None, # `model_fingerprint` of the model that will embed the probes: refused if it is not the gallery's
+        fingerprint:str=None, # fingerprint of the model that will embed the probes: refused if it is not the gallery's
+        model:str=None, # that model's name, for the error
     ):
         "A gallery from `save`'s file, checked"
         with zipfile.ZipFile(path) as z:
@@ -219,207 +218,31 @@ class Gallery:
             codes,names = np.load(io.BytesIO(z.read('codes.npy')), allow_pickle=False),z.namelist()
             imp = np.load(io.BytesIO(z.read('impostor.npy')), allow_pickle=False) if 'impostor.npy' in names else None
             idx = faiss.deserialize_index(np.frombuffer(z.read('index.faiss'), np.uint8)) if 'index.faiss' in names else None
-        g = cls(meta['index'], meta['params'], meta['threshold'], meta['fingerprint'])
+        g = cls(meta['index'], meta['params'], meta['threshold'], meta['fingerprint'], meta.get('model'))  # galleries before names: none
         g.d,g.vocab,g.codes,g.impostor,g._index = meta['d'],meta['vocab'],codes,imp,idx
         if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)):
             raise ValueError(f"{path} is inconsistent: {len(codes)} labels, {meta['n']} in its metadata")
         if idx is not None:
             for k,v in (g.params or {}).items(): faiss.ParameterSpace().set_index_parameter(idx, k, v)
-        g.check_model(fingerprint)
+        g.check_model(fingerprint, model)
         return g
 
-# %% ../nbs/04d_gallery.ipynb #925d34b1
-class Calibration(NamedTuple):
-    "A threshold of `calibrate_threshold`, the FAR it gets on the calibration classes, and a prediction interval for the FAR on new classes"
-    threshold:float; far:float; achieved:float; interval:tuple; kind:str; new_classes:int=0; note:str=''
-    def __repr__(self):
-        pi = self.note or f"{self.interval[0]:.2%}–{self.interval[1]:.2%} on {self.new_classes} new classes"
-        return f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the calibration classes, {pi})"
-
-def _impostor_blocks(emb, labels, kind, max_per_class, shots, seed):
-    "Impostor scores by class pair (verification) or by stranger class (identification): ({class pair or class: scores}, classes)"
-    if kind == 'verify':
-        emb,labels,idx,classes = _sampled(emb, labels, max_per_class, seed)
-        return {(a,b): (emb[idx[a]] @ emb[idx[b]].T).ravel() for i,a in enumerate(classes) for b in classes[i+1:]},classes
-    top,own,classes = _stranger_scores(emb, labels, max_per_class, shots, seed)
-    best = top.max(1)
-    return {c: best[own == i] for i,c in enumerate(classes)},classes
-
-def _sampled(emb, labels, max_per_class, seed):
-    rng,emb,labels = np.random.default_rng(seed),_unit(emb),np.asarray(labels)
-    classes = np.unique(labels)
-    return emb,labels,{c: rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in classes},classes
-
-def _stranger_scores(emb, labels, max_per_class, shots, seed):
-    "(images × classes) best cosine of each sampled image to each class's first `shots` sampled images, each image's class index, the classes"
-    emb,labels,idx,classes = _sampled(emb, labels, max_per_class, seed)
-    img,gal = np.concatenate([idx[c] for c in classes]),[idx[c][:shots] for c in classes]
-    starts = np.cumsum([0] + [len(g) for g in gal[:-1]])  # the gallery's columns come class by class
-    gal,own = emb[np.concatenate(gal)].T,np.searchsorted(classes, labels[img])
-    top = np.concatenate([np.maximum.reduceat(emb[b] @ gal, starts, axis=1) for b in np.array_split(img, -(-len(img)//4096))])
-    top[np.arange(len(img)), own] = -np.inf  # a stranger is never compared with its own class
-    return top,own,classes
-
-def _log_interp(x, xp, fp):
-    "Linear interpolation of log `fp` over `xp` (ascending), exponentiated: FARs fall by orders of magnitude between thresholds"
-    return np.exp(np.interp(x, xp, np.log(np.maximum(fp, 1e-12))))
-
-def _split_ratios(emb, labels, far, kind, n_splits, max_per_class, shots, min_false, seed, blocks=None):
-    "achieved/`far` on one random half of the classes at the threshold calibrated on the other, for `n_splits` splits; and the halves' sizes"
-    rng = np.random.default_rng(seed)
-    C = len(np.unique(labels)); nA = C//2
-    A = np.zeros((n_splits, C), bool)
-    for r in A: r[rng.choice(C, nA, replace=False)] = True
-    if kind == 'identify':
-        top,own,_ = _stranger_scores(emb, labels, max_per_class, shots, seed)
-        out = []
-        for a in A:
-            sa = np.where(a, top, -np.inf)[a[own]].max(1)  # strangers of half A against A's other classes
-            sb = np.where(~a, top, -np.inf)[~a[own]].max(1)
-            t = threshold_at_far(sa, far, min_false/2)  # half the classes, half the strangers: as resolved as the whole
-            out.append(max((sb >= t).mean(), .5/len(sb))/far)  # none falsely accepted: half an impostor, so the log stays finite
-        return np.array(out),nA,C-nA
-    blocks,classes = blocks or _impostor_blocks(emb, labels, 'verify', max_per_class, shots, seed)
-    pooled = np.sort(np.concatenate(list(blocks.values())))
-    fk = far*np.geomspace(20, 1/20, 49).clip(max=.5/far)  # a grid of thresholds from FAR 20×`far` down to `far`/20 on all the classes
-    tk = pooled[np.clip(np.round(len(pooled)*(1 - fk)).astype(int), 0, len(pooled)-1)]
-    Fc,Nc = np.zeros((C, C, len(tk)), np.float32),np.zeros((C, C), np.float32)
-    for (a,b),s in blocks.items():
-        i,j = np.searchsorted(classes, a),np.searchsorted(classes, b)
-        Fc[i,j] = Fc[j,i] = len(s) - np.searchsorted(np.sort(s), tk); Nc[i,j] = Nc[j,i] = len(s)
-    def fars(m):  # (splits, thresholds) FAR over the pairs of classes within each row's half, and the number of pairs
-        m = m.astype(np.float32)
-        n = np.einsum('sc,cd,sd->s', m, Nc, m)
-        return np.einsum('sc,sck->sk', m, (m @ Fc.reshape(C, -1)).reshape(len(m), C, -1))/n[:,None],n
-    (fa,_),(fb,nb) = fars(A),fars(~A)
-    if (fa.min(1) > far).any(): raise ValueError(f"half the {C} classes cannot resolve FAR {far:g}: more images a class, or a larger `far`")
-    k = np.argmax(fa <= far, axis=1)  # the first threshold of the grid meeting `far` on half A; interpolated with the one before
-    km = np.maximum(k-1, 0); s = np.arange(len(A))
-    w = np.where(k > 0, np.log(np.maximum(fa[s,km], 1e-12)/far)/np.log(np.maximum(fa[s,km], 1e-12)/np.maximum(fa[s,k], 1e-12)), 0)
-    got = np.exp((1-w)*np.log(np.maximum(fb[s,km], 1e-12)) + w*np.log(np.maximum(fb[s,k], 1e-12)))
-    return np.maximum(got, .5/nb)/far,nA,C-nA
-
-def calibrate_threshold(
-    emb, labels, # embeddings of classes the model was not trained on (and, for identification, that will not be enrolled)
-    far:float=1e-2, # target false-accept rate (verification) or false-positive identification rate
-    kind:str='verify', # 'verify': impostor pairs; 'identify': each class scored as a stranger against `shots` images of the others
-    new_classes:int=None, # classes of the set the threshold will be used on (identify: the gallery, strangers apart); default as many as here
-    n_splits:int=200, # random halvings of the classes behind the prediction interval
-    level:float=.8, # of the interval
-    max_per_class:int=1000, # images per class used (seeded sample)
-    shots:int=5, # identification: gallery images per class
-    min_false:int=10, # as in `threshold_at_far`
-    seed:int=0,
-) -> Calibration:
-    "The threshold for `far` on held-out classes, the FAR it gets there, and a prediction interval for the FAR it gets on a new set of classes"
-    if kind not in ('verify', 'identify'): raise ValueError(f"kind must be 'verify' or 'identify', got {kind!r}")
-    blocks,classes = _impostor_blocks(emb, labels, kind, max_per_class, shots, seed)
-    if len(classes) < 2: raise ValueError("calibration needs at least two classes")
-    imp = np.concatenate(list(blocks.values()))
-    tau,C = threshold_at_far(imp, far, min_false),len(classes)
-    m = ifnone(new_classes, C)
-    cal = partial(Calibration, tau, far, float((imp >= tau).mean()), kind=kind, new_classes=m)
-    if C < 4: return cal((0., 1.), note=f'no interval: {C} classes cannot be halved into two sets of two')
-    try: r,nA,nB = _split_ratios(emb, labels, far, kind, n_splits, max_per_class, shots, min_false, seed, (blocks, classes) if kind == 'verify' else None)
-    except ValueError as e: return cal((0., 1.), note=f'no interval: {e}')
-    lr = np.log(r); mid = np.median(lr)
-    spread = max(1, np.sqrt((1/C + 1/m)/(1/nA + 1/nB)))  # a set's FAR varies as 1/its classes; never narrower than the halvings show
-    shift = np.log((m-1)/(C-1)) if kind == 'identify' else 0.  # a stranger's FPIR grows with the gallery, to first order in proportion
-    lo,hi = far*np.exp(mid + shift + spread*(np.quantile(lr, [(1-level)/2, (1+level)/2]) - mid))
-    return cal((float(lo), float(min(hi, 1.))))
-
-def achieved_far(emb, labels, threshold:float, kind:str='verify', max_per_class:int=1000, shots:int=5, seed:int=0) -> float:
-    "The FAR (or FPIR) `threshold` gets on the classes of `labels`, measured as `calibrate_threshold` measures it"
-    s = np.concatenate(list(_impostor_blocks(emb, labels, kind, max_per_class, shots, seed)[0].values()))
-    return float((s >= threshold).mean())
-
-def threshold_transfer(
-    emb, labels, # embeddings of classes the model was not trained on, and their classes
-    far:float=1e-2, # target FAR (FPIR)
-    kind:str='verify', # as in `calibrate_threshold`
-    splits:int=20, # random halvings of the classes: calibrate on one half, measure on the other
-    seed:int=0,
-    **kwargs # passed to `calibrate_threshold`
-) -> pd.DataFrame:
-    "Per split: the threshold and interval calibrated on half the classes, the FAR they get on the other half, and whether it is covered"
-    emb,labels = _unit(emb),np.asarray(labels)
-    classes,rng,rows = np.unique(labels),np.random.default_rng(seed),[]
-    for i in progress_bar(range(splits), leave=False):
-        cal = np.isin(labels, rng.choice(classes, len(classes)//2, replace=False))
-        c = calibrate_threshold(emb[cal], labels[cal], far, kind, new_classes=len(classes) - len(classes)//2, seed=seed+i, **kwargs)
-        got = achieved_far(emb[~cal], labels[~cal], c.threshold, kind, shots=kwargs.get('shots', 5), seed=seed+i)
-        rows.append(dict(split=i, kind=kind, threshold=c.threshold, lo=c.interval[0], hi=c.interval[1], achieved=got))
-    df = pd.DataFrame(rows)
-    return df.assign(ratio=df.achieved/far, covered=(df.lo <= df.achieved) & (df.achieved <= df.hi), within_2x=(df.achieved/far).between(.5, 2))
-
-
-# %% ../nbs/04d_gallery.ipynb #b18dfe01
-@patch
-def embed_items(self:Learner,
-    items, # a DataLoader; image files, PIL images or raw images (arrays, tensors: a tensor or array is a stack of images along its
-           # first axis, so put one image in a list); or a float (N, C, H, W) tensor: a batch the model reads as is (`TensorImage` too)
-    bs:int=64, # batch size
-) -> tuple:
-    "Unit embeddings of `items` through the learner's item and batch transforms, in batches with a progress bar, and the targets if any"
-    if isinstance(items, Tensor) and items.ndim == 4 and items.is_floating_point():
-        dl = DataLoader([(b,) for b in items.as_subclass(Tensor).split(bs)], bs=None, device=self.dls.device)  # a batch: no transform
-    elif isinstance(items, DataLoader): dl = items
-    else:
-        if isinstance(items, (Tensor, np.ndarray)): items = list(items)
-        elif not is_listy(items): items = [items]
-        if not len(items): raise ValueError("no items to embed")
-        dl = self.dls.test_dl(items, bs=bs)
-    return self.get_embeddings(dl=dl)
-
-def _dl_labels(dl, targs) -> list:
-    vocab = getattr(dl, 'vocab', None)
-    return [vocab[int(t)] if vocab is not None else int(t) for t in targs]
-
-@patch
-def gallery(self:Learner,
-    items, # what `embed_items` takes; a labelled DataLoader gives its labels
-    labels=None, # one label (string or integer) per item; default the DataLoader's (decoded by its vocab)
-    gallery:Gallery=None, # add to this gallery; default a new, exact one
-    bs:int=64, # batch size
-    **kwargs # passed to `Gallery` when it is new
-) -> Gallery:
-    "Enrol `items` under `labels` into a `Gallery` of this model's embeddings"
-    emb,targs = self.embed_items(items, bs)
-    if labels is None:
-        if targs is None or not isinstance(items, DataLoader): raise ValueError("pass `labels`, one per item (or a labelled DataLoader)")
-        labels = _dl_labels(items, targs)
-    return ifnone(gallery, Gallery(**kwargs)).add(emb, labels, fingerprint=model_fingerprint(self.model))
-
-@patch
-def identify(self:Learner,
-    gallery:Gallery, # enrolled with this model
-    items, # what `embed_items` takes
-    threshold:float=None, far:float=None, # as in `Gallery.identify`
-    bs:int=64, # batch size
-) -> tuple:
-    "(labels, scores) of `items` against `gallery`: the best enrolled class, or `None` for unknown"
-    gallery.check_model(model_fingerprint(self.model))
-    return gallery.identify(self.embed_items(items, bs)[0], threshold, far)
-
-# %% ../nbs/04d_gallery.ipynb #451e99cf
-@patch
-def max_cosine(self:Learner,
-    ds_idx:int=1, # dataset as in `get_preds`
-    dl:DataLoader=None, # or any DataLoader
-) -> tuple:
-    "(score, class) per item: the head's highest margin-free cosine (the highest logit for a `Linear` head), a score to reject unknowns"
-    out,_ = self.get_preds(ds_idx=ds_idx, dl=dl, act=noop)
-    return out.max(1)
-
-def rejection_auroc(
-    known, # scores of images of the trained classes (higher = more familiar)
-    unknown, # scores of images of other classes
-) -> float:
-    "AUROC of telling the trained classes' images from strangers by a score: 1 perfect, ½ chance"
-    known,unknown = np.asarray(known, dtype=float),np.asarray(unknown, dtype=float)
-    return float(roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))], np.r_[known, unknown]))
-
 # %% ../nbs/04d_gallery.ipynb #da20c5cc
+_EXTENSIONS = {k for k,v in mimetypes.types_map.items() if v.startswith('image/')}  # fastai's `image_extensions`
+
+def image_files(
+    folder, # searched recursively
+) -> list:
+    "The image files under `folder`, sorted, found as fastai's `get_image_files` finds them (by extension; hidden files and folders skipped)"
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"no folder {folder}")
+    out = []
+    for p,ds,fs in os.walk(folder):
+        ds[:] = [d for d in ds if not d.startswith('.')]
+        out += [Path(p)/f for f in fs if not f.startswith('.') and os.path.splitext(f)[1].lower() in _EXTENSIONS]
+    if not out: raise ValueError(f"no images in {folder} (looked for {', '.join(sorted(_EXTENSIONS)[:6])}, ...)")
+    return sorted(out)
+
 def _readable(files) -> tuple:
     "(files PIL can decode, [(file, why) of the others])"
     ok,bad = [],[]
@@ -430,45 +253,49 @@ def _readable(files) -> tuple:
         except Exception as e: bad.append((f, f'{type(e).__name__}: {e}'))
     return ok,bad
 
-def _images(folder, recurse=True) -> L:
-    folder = Path(folder)
-    if not folder.is_dir(): raise FileNotFoundError(f"no folder {folder}")
-    files = get_image_files(folder, recurse=recurse)
-    if not files: raise ValueError(f"no images in {folder} (looked for {', '.join(sorted(image_extensions)[:6])}, ...)")
-    return files
+def _readable_in(folder) -> tuple:
+    ok,bad = _readable(image_files(folder))
+    if not ok: raise ValueError(f"no readable image in {folder}")
+    return ok,bad
 
 def enrol_folder(
-    learn:Learner, # e.g. `load_learner` of an exported `cosine_learner`
+    model, # what embeds the images: a `Learner` (e.g. `load_model` of `learn.export`'s file) or an `OnnxEmbedder`
     folder, # one folder per label, named by it, of that label's images
     gallery:Gallery=None, # add to it; default a new one
     bs:int=64, # batch size
     calibrate=None, # a folder of images of classes neither trained on nor enrolled; default the enrolled images, each class left out
+    name:str=None, # the model's name in the gallery and in errors; default its own `name` (an `OnnxEmbedder`'s file)
 ) -> tuple:
     "(gallery, unreadable [(file, why)]): the images of `folder`/<label>/ enrolled under <label>, then calibrated"
-    ok,bad = _readable(_images(folder))
-    if not ok: raise ValueError(f"no readable image in {folder}")
-    g = learn.gallery(ok, [f.parent.name for f in ok], gallery=gallery, bs=bs)
+    ok,bad = _readable_in(folder)
+    g,name = gallery if gallery is not None else Gallery(),name or getattr(model, 'name', None)
+    g.check_model(model.fingerprint, name)  # before the work of embedding
+    g.add(model.embed_items(ok, bs)[0], [f.parent.name for f in ok], fingerprint=model.fingerprint, model=name)
     if calibrate is not None:
-        cal,bad2 = _readable(_images(calibrate))
-        if not cal: raise ValueError(f"no readable image in {calibrate}")
-        g.calibrate(learn.embed_items(cal, bs)[0], [f.parent.name for f in cal] if Path(calibrate) != cal[0].parent else None); bad += bad2
+        cal,bad2 = _readable_in(calibrate)
+        g.calibrate(model.embed_items(cal, bs)[0], [f.parent.name for f in cal] if Path(calibrate) != cal[0].parent else None); bad += bad2
     elif len(g.classes) > 1: g.calibrate()
     return g,bad
 
 def identify_folder(
-    learn:Learner, gallery:Gallery, # the model the gallery was enrolled with
+    model, gallery:Gallery, # the model the gallery was enrolled with (as in `enrol_folder`), and the gallery
     folder, # query images (searched recursively)
     threshold:float=None, far:float=None, # as in `Gallery.identify`
-    bs:int=64,
-) -> tuple:
+    bs:int=64, # batch size
+    name:str=None, # as in `enrol_folder`
+):
     "(DataFrame of file, label ('unknown' under the threshold), score; unreadable [(file, why)])"
-    ok,bad = _readable(_images(folder))
-    if not ok: raise ValueError(f"no readable image in {folder}")
-    labels,scores = learn.identify(gallery, ok, threshold, far, bs)
+    import pandas as pd  # pandas is no dependency of the gallery itself
+    ok,bad = _readable_in(folder)
+    gallery.check_model(model.fingerprint, name or getattr(model, 'name', None))
+    labels,scores = gallery.identify(model.embed_items(ok, bs)[0], threshold, far)
     rel = [str(f.relative_to(folder)) for f in ok]
     return pd.DataFrame(dict(file=rel, label=['unknown' if o is None else o for o in labels], score=np.round(scores, 4))),bad
 
-def load_model(path, cpu:bool=True) -> Learner:
-    "`load_learner` with a clear error for a missing file"
-    if not Path(path).is_file(): raise FileNotFoundError(f"no model file {path}: pass the exported learner (`learn.export(...)`'s .pkl)")
-    return load_learner(path, cpu=cpu)
+# %% ../nbs/04d_gallery.ipynb #3c0f7a12
+_MOVED = {**dict.fromkeys(['Calibration', 'calibrate_threshold', 'achieved_far', 'threshold_transfer'], 'calibration'),
+          **dict.fromkeys(['model_fingerprint', 'rejection_auroc', 'load_model'], 'learner_gallery')}
+def __getattr__(name):
+    "A name that moved to another room, from there (imported on first use: the learner side imports torch)"
+    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f'.{_MOVED[name]}', __package__), name)

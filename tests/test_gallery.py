@@ -2,7 +2,8 @@
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest, torch
-from cosine_losses.gallery import Gallery, GalleryMismatch, model_fingerprint
+from cosine_losses.gallery import Gallery, GalleryMismatch
+from cosine_losses.learner_gallery import model_fingerprint
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
 WORDS = ('apple', 'banana', 'cherry', 'damson', 'elder', 'fig', 'grape', 'hazel')
@@ -37,9 +38,10 @@ g.add(np.load({str(tmp_path/'q.npy')!r})[:2], ['dee', 'ann']).remove('bob').save
     assert g2.labels == ['ann', 'ann', 'cy', 7, 'dee', 'ann'] and g2.classes == ['ann', 'cy', 7, 'dee']
     np.testing.assert_allclose(g2.search(q[:1], 1)[0], [[1.]], atol=1e-6)  # the probe enrolled as 'dee' finds itself
     assert g2.search(q[:1], 1)[1][0, 0] == 'dee'
-    with pytest.raises(GalleryMismatch, match='enrolled with another model'): Gallery.load(p, fingerprint='beef')
-    with pytest.raises(GalleryMismatch, match='enrolled with another model'): g2.add(_emb(1), ['x'], fingerprint='beef')
-    with pytest.raises(GalleryMismatch, match='size 8, but the gallery holds size 16'): g2.add(_emb(1, d=8), ['x'])
+    with pytest.raises(GalleryMismatch, match=r'enrolled with a model \(fingerprint cafe\), but these embeddings come from b.pkl \(fingerprint beef\)'):
+        Gallery.load(p, fingerprint='beef', model='b.pkl')
+    with pytest.raises(GalleryMismatch, match='fingerprint beef'): g2.add(_emb(1), ['x'], fingerprint='beef')
+    with pytest.raises(GalleryMismatch, match='size 8 from another model, but the gallery holds size 16'): g2.add(_emb(1, d=8), ['x'])
 
 def test_save_killed_midway_leaves_the_old_gallery(tmp_path):
     old = Gallery().add(_emb(5), list('abcde'))
@@ -163,7 +165,8 @@ def test_cosine_gallery_end_to_end(tmp_path):
     assert df.label.tolist() == ['unknown' if n is None else n for n in names]
     np.testing.assert_allclose(df.score, scores, atol=1e-4)
     r = run('enrol', 'nothing.pkl', enrol)  # an error is one line, no traceback
-    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].endswith("no model file nothing.pkl: pass the exported learner (`learn.export(...)`'s .pkl)")
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].endswith("no model file nothing.pkl: pass the exported learner (`learn.export(...)`'s .pkl) "
+                                                                           "or `learn.export_onnx(...)`'s .onnx")
     assert 'Traceback' not in r.stderr, r.stderr[-2000:]
     from fastcore.script import CliError
     from cosine_losses.cli import cosine_gallery
@@ -179,8 +182,8 @@ def test_cosine_gallery_end_to_end(tmp_path):
     before = (tmp_path/'g.gallery').read_bytes()
     r = run('enrol', 'other.pkl', enrol, '--gallery', 'g.gallery')
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
-    assert ('g.gallery was enrolled with another model than other.pkl: embeddings of size 64, but the gallery holds size 128'
-            in r.stderr and 'Enrol into a new --gallery file, or pass --replace to start g.gallery anew' in r.stderr), r.stderr
+    assert (f'g.gallery: the gallery was enrolled with model.pkl (fingerprint {learn.fingerprint}), but these embeddings come from other.pkl '
+            f'(fingerprint {other.fingerprint})' in r.stderr and 'Enrol into a new --gallery file, or pass --replace to start g.gallery anew' in r.stderr), r.stderr
     r = run('identify', 'other.pkl', queries, '--gallery', 'g.gallery', '--threshold', '.5')
     assert r.returncode != 0 and 'Identify with the model it was enrolled with' in r.stderr, r.stderr
     assert (tmp_path/'g.gallery').read_bytes() == before
