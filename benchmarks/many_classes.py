@@ -10,8 +10,8 @@ FAR it gets on the other, and whether `calibrate_threshold`'s 80 % prediction in
 
     python benchmarks/many_classes.py                                  # 'hard' data, 1,000 numbers, 3 seeds
     python benchmarks/many_classes.py --setting easy --losses softmax arcface 'm2=0.5,s=30'
-    python benchmarks/many_classes.py --losses softmax arcface cosface sphereface combined curricularface adaface \
-        elasticface elasticface-cos magface dynamic-arcface --splits 10 --out results/many-classes/all_losses.csv
+    python benchmarks/many_classes.py --losses softmax arcface cosface sphereface combined --splits 5 \
+        --out results/many-classes/paper_losses.csv
 """
 import argparse, os, time, warnings
 os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -67,8 +67,10 @@ def main():
                     except ValueError as err: print(f'no threshold check ({kind}): {err}')
             print(f"seed {seed} {loss:>16}: " + ', '.join(f"{k} {rows[-1][k]:6.2f}" for k in SCORES) +
                   f"{', FAILED (did not learn)' if r.failed else ''}, {rows[-1]['seconds']:.0f} s", flush=True)
+            if a.out:  # after every run: a killed benchmark keeps what it measured
+                pd.DataFrame(rows).to_csv(a.out, index=False)
+                if splits: pd.concat(splits).to_csv(a.out.replace('.csv', '_splits.csv'), index=False)
     df = pd.DataFrame(rows)
-    if a.out: df.to_csv(a.out, index=False)
     g = df.groupby('loss', sort=False)
     summ = g[list(SCORES)].agg(['mean', 'std']).round(2)
     summ[('failed', 'runs')],summ[('chance %', '')] = g.failed.sum(),round(100/round(.7*a.n_ids), 3)
@@ -80,7 +82,6 @@ def main():
     print(summ.to_string())
     if splits:
         sp = pd.concat(splits)
-        if a.out: sp.to_csv(a.out.replace('.csv', '_splits.csv'), index=False)
         cov = sp.assign(width=sp.hi/sp.lo).groupby(['kind', 'loss'], sort=False).agg(
             splits=('covered', 'size'), covered=('covered', 'mean'), within_half_2x=('within_2x', 'mean'), ratio_10=('ratio', lambda r: r.quantile(.1)),
             ratio_90=('ratio', lambda r: r.quantile(.9)), median_width=('width', 'median'), max_width=('width', 'max'))
