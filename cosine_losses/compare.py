@@ -150,10 +150,14 @@ def plot_roc_compare(roc:pd.DataFrame, ax=None):
 def plot_det_compare(roc:pd.DataFrame, ax=None):
     "DET curves (false non-match rate against false match rate, log axes) of each loss, its seeds' mean, from `roc.csv`"
     if ax is None: _,ax = plt.subplots(figsize=(5, 4))
+    seen = False
     for l,d in roc.groupby('loss', sort=False):
         m = 1 - d.groupby('far').tar.mean().dropna()
         ax.plot(m.index[m > 0], m[m > 0], marker='.', label=f'{l} (n={d.seed.nunique()})')  # a rate of 0 has no place on a log axis
-    ax.set(xscale='log', yscale='log', xlabel='false match rate (FMR)', ylabel='false non-match rate (FNMR)', title='DET, unseen classes')
+        seen |= bool((m > 0).any())
+    ax.set(xscale='log', yscale='log' if seen else 'linear', xlabel='false match rate (FMR)', ylabel='false non-match rate (FNMR)',
+           title='DET, unseen classes')
+    if not seen: ax.text(.5, .5, 'no genuine pair rejected at any FMR', transform=ax.transAxes, ha='center')
     ax.grid(alpha=.3, which='both'); ax.legend(fontsize=8)
     return ax.figure
 
