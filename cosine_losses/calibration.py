@@ -127,8 +127,8 @@ def threshold_transfer(
     splits:int=20, # random halvings of the classes: calibrate on one half, measure on the other
     seed:int=0,
     **kwargs # passed to `calibrate_threshold`
-) -> pd.DataFrame:
-    "Per split: the threshold and interval calibrated on half the classes, the FAR they get on the other half, and whether it is covered"
+):
+    "A DataFrame, a row per split: threshold and interval from half the classes, the FAR on the other half, whether it is covered"
     import pandas as pd  # for the table only: the calibration itself is numpy
     emb,labels = _unit(emb),np.asarray(labels)
     classes,rng,rows = np.unique(labels),np.random.default_rng(seed),[]
