@@ -6,13 +6,14 @@ Docs: https://cosine-losses.github.io/cosine_losses/gallery.html.md"""
 
 # %% ../nbs/04d_gallery.ipynb #f5373248
 from __future__ import annotations
-import importlib, io, json, mimetypes, os, tempfile, zipfile
+import hashlib, importlib, io, json, mimetypes, os, tempfile, zipfile
 from pathlib import Path
 import faiss, numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'Gallery', 'image_files', 'enrol_folder', 'identify_folder']
+__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'GalleryBase', 'Gallery', 'image_files', 'enrol_folder',
+           'identify_folder']
 
 # %% ../nbs/04d_gallery.ipynb #a6b30be0
 def _unit(emb) -> np.ndarray:
@@ -61,24 +62,14 @@ def threshold_at_far(
 
 # %% ../nbs/04d_gallery.ipynb #b49f48b1
 FORMAT = 'cosine_losses.gallery/1'
-class Gallery:
-    "Enrolled embeddings and their labels in a faiss inner-product index: `add`, `remove`, `search`, `identify`, `verify`, `save`, `load`"
-    def __init__(self,
-        index:str='Flat', # faiss factory string: 'Flat' is exact; 'HNSW32' or 'IVF1024,Flat' are approximate, for 10⁶ images and more
-        params:dict=None, # search parameters of an approximate index, e.g. {'efSearch': 128} or {'nprobe': 32}
-        threshold:float=None, # cosine threshold of `identify` and `verify` when none is passed
-        fingerprint:str=None, # fingerprint of the model the embeddings come from; else set by the first `add` that gives one
-        model:str=None, # that model's name (its file), for errors; else set by the first `add` that gives one
-    ):
-        self.index,self.params,self.threshold,self.fingerprint,self.model = index,params,threshold,fingerprint,model
-        self.d,self.vocab,self.codes,self.impostor,self._index = None,[],np.zeros(0, np.int64),None,None
-    def __len__(self): return len(self.codes)
-    def __repr__(self): return f"Gallery({len(self)} images of {len(self.classes)} classes, d={self.d}, index={self.index!r})"
-    @property
-    def classes(self) -> list: return [self.vocab[c] for c in np.unique(self.codes)]
-    @property
-    def labels(self) -> list: return [self.vocab[c] for c in self.codes]
 
+def _content_keys(emb:np.ndarray, labels) -> list:
+    "Each unit row's key from its content, label and embedding: the same image enrolled twice under one label is one row"
+    return [hashlib.blake2b(json.dumps(l).encode() + e.tobytes(), digest_size=16).hexdigest() for e,l in zip(emb, labels)]
+
+class GalleryBase:
+    "What every gallery shares, whatever holds the embeddings: the checks, thresholds, `identify`, `verify` and `calibrate`"
+    d = threshold = fingerprint = model = impostor = None
     def _check(self, emb, fingerprint:str=None, model:str=None) -> np.ndarray:
         emb = _unit(emb)
         if self.d is not None and emb.shape[1] != self.d:
@@ -94,57 +85,15 @@ class Gallery:
         if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
             raise GalleryMismatch(f"the gallery was enrolled with {_who(self.model, self.fingerprint)}, but these embeddings come from "
                                   f"{_who(model, fingerprint)}: a gallery holds one model's embeddings")
-    def _new_index(self, emb):
-        idx = faiss.index_factory(self.d, self.index, faiss.METRIC_INNER_PRODUCT)
-        if not idx.is_trained: idx.train(emb)  # an IVF's coarse centroids, from the first images enrolled
-        for k,v in (self.params or {}).items(): faiss.ParameterSpace().set_index_parameter(idx, k, v)
-        return idx
-
-    def add(self,
-        emb, # embeddings (N, d) of the images to enrol: an array or a tensor (fastai's subclasses too), of any norm
-        labels, # their labels, strings or integers: more images of a known label, or a new one
-        fingerprint:str=None, # fingerprint of the model they come from, checked against the gallery's
-        model:str=None, # that model's name, for errors
-    ):
-        "Enrol images of known or new labels"
+    def _prepare(self, emb, labels, keys, fingerprint, model) -> tuple:
+        "(unit embeddings, labels, keys) of an `add`, checked before anything is written; a key given twice keeps its last row"
         emb,labels = self._check(emb, fingerprint, model),[_label(o) for o in (labels.tolist() if hasattr(labels, 'tolist') else labels)]
         if len(labels) != len(emb): raise ValueError(f"{len(emb)} embeddings but {len(labels)} labels")
-        self.d,self.fingerprint,self.model = emb.shape[1],self.fingerprint or fingerprint,self.model or model
-        pos = {o:i for i,o in enumerate(self.vocab)}
-        for o in labels: pos.setdefault(o, len(pos))
-        self.vocab = list(pos)
-        if self._index is None: self._index = self._new_index(emb)
-        self._index.add(emb); self.codes = np.concatenate([self.codes, [pos[o] for o in labels]]).astype(np.int64)
-        return self
-
-    def remove(self, label):
-        "Forget every image of `label`"
-        if label not in self.vocab or not (self.codes == self.vocab.index(label)).any(): raise KeyError(f"{label!r} is not in the gallery")
-        keep = self.codes != self.vocab.index(label)
-        emb = self._index.reconstruct_n(0, len(self))[keep]  # rebuilt rather than `remove_ids`, which not every faiss index has
-        c = self.vocab.index(label); self.vocab.pop(c)  # its name is forgotten too
-        self.codes,self._index = self.codes[keep] - (self.codes[keep] > c),None
-        if len(emb): self._index = self._new_index(emb); self._index.add(emb)
-        return self
-
-    def search(self,
-        emb, # query embeddings (P, d)
-        k:int=5, # classes to return per query
-    ) -> tuple:
-        "(scores, labels) of each query's `k` best classes, a class scoring its highest cosine; -inf and `None` past the last class"
-        emb = self._check(emb)
-        if not len(self): raise ValueError("the gallery is empty: `add` images first")
-        kk = int(min(len(self), 1 if k == 1 else k*np.bincount(self.codes).max()))  # the k·(largest class) best images hold the k best classes
-        s,i = self._index.search(emb, kk)
-        c = np.where(i >= 0, self.codes[i], -1)
-        _,first = np.unique((np.arange(len(emb))[:,None]*(len(self.vocab)+1) + c + 1).ravel(), return_index=True)
-        first = np.sort(first[c.ravel()[first] >= 0])  # each class's best image in each row, in order of score
-        rows = first//kk
-        rank = np.arange(len(first)) - np.searchsorted(rows, rows)
-        first,rows,rank = first[rank < k],rows[rank < k],rank[rank < k]
-        scores,codes = np.full((len(emb), k), -np.inf, np.float32),np.full((len(emb), k), -1)
-        scores[rows, rank],codes[rows, rank] = s.ravel()[first],c.ravel()[first]
-        return scores,np.array([None, *self.vocab], dtype=object)[codes + 1]
+        keys = _content_keys(emb, labels) if keys is None else [str(k) for k in keys]
+        if len(keys) != len(emb): raise ValueError(f"{len(emb)} embeddings but {len(keys)} keys")
+        if len(last := {k:i for i,k in enumerate(keys)}) < len(keys):  # as two upserts in a row would leave it
+            i = sorted(last.values()); emb,labels,keys = emb[i],[labels[j] for j in i],[keys[j] for j in i]
+        return emb,labels,keys
 
     def _threshold(self, threshold, far):
         if threshold is not None: return threshold
@@ -178,17 +127,99 @@ class Gallery:
         "Keep strangers' top scores, so that `identify(far=f)` accepts at most a share f of strangers as an enrolled class"
         if emb is None:  # each enrolled image scored against the other classes, to which it is a stranger
             if len(self.classes) < 2: raise ValueError("calibrating on the enrolled images needs two classes: pass images of other classes")
-            s,l = self.search(self._index.reconstruct_n(0, len(self)), 2)
-            top = np.where(l[:,0] == np.array(self.labels, dtype=object), s[:,1], s[:,0])
+            emb,lab = self.enrolled()
+            s,l = self.search(emb, 2)
+            top = np.where(l[:,0] == np.array(lab, dtype=object), s[:,1], s[:,0])
         else:
             if labels is not None and {_label(o) for o in labels} & set(self.classes):
                 raise ValueError("calibration images must be of classes not enrolled")
             top = self.search(emb, 1)[0][:,0]
-        self.impostor = np.sort(top).astype(np.float32)
+        self._calibrated(np.sort(top).astype(np.float32))
+        return self
+    def _calibrated(self, impostor): self.impostor = impostor
+
+def _key_ids(keys) -> np.ndarray:
+    "64-bit ids of string keys, what the in-memory gallery keeps of them (8 bytes a row)"
+    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), 'little', signed=True) for k in keys], np.int64)
+
+class Gallery(GalleryBase):
+    "Enrolled embeddings and their labels in a faiss inner-product index: `add`, `remove`, `search`, `identify`, `verify`, `save`, `load`"
+    def __init__(self,
+        index:str='Flat', # faiss factory string: 'Flat' is exact; 'HNSW32' or 'IVF1024,Flat' are approximate, for 10⁶ images and more
+        params:dict=None, # search parameters of an approximate index, e.g. {'efSearch': 128} or {'nprobe': 32}
+        threshold:float=None, # cosine threshold of `identify` and `verify` when none is passed
+        fingerprint:str=None, # fingerprint of the model the embeddings come from; else set by the first `add` that gives one
+        model:str=None, # that model's name (its file), for errors; else set by the first `add` that gives one
+    ):
+        self.index,self.params,self.threshold,self.fingerprint,self.model = index,params,threshold,fingerprint,model
+        self.d,self.vocab,self.codes,self.ids,self.impostor,self._index = None,[],np.zeros(0, np.int64),np.zeros(0, np.int64),None,None
+    def __len__(self): return len(self.codes)
+    def __repr__(self): return f"Gallery({len(self)} images of {len(self.classes)} classes, d={self.d}, index={self.index!r})"
+    @property
+    def classes(self) -> list: return [self.vocab[c] for c in np.unique(self.codes)]
+    @property
+    def labels(self) -> list: return [self.vocab[c] for c in self.codes]
+    def enrolled(self) -> tuple: return self._index.reconstruct_n(0, len(self)),self.labels
+
+    def _new_index(self, emb):
+        idx = faiss.index_factory(self.d, self.index, faiss.METRIC_INNER_PRODUCT)
+        if not idx.is_trained: idx.train(emb)  # an IVF's coarse centroids, from the first images enrolled
+        for k,v in (self.params or {}).items(): faiss.ParameterSpace().set_index_parameter(idx, k, v)
+        return idx
+    def _keep(self, keep):
+        "Keep the rows where `keep` holds: rebuilt rather than `remove_ids`, which not every faiss index has"
+        emb = self._index.reconstruct_n(0, len(self))[keep]
+        self.codes,self.ids,self._index = self.codes[keep],self.ids[keep],None
+        if len(emb): self._index = self._new_index(emb); self._index.add(emb)
+
+    def add(self,
+        emb, # embeddings (N, d) of the images to enrol: an array or a tensor (fastai's subclasses too), of any norm
+        labels, # their labels, strings or integers: more images of a known label, or a new one
+        fingerprint:str=None, # fingerprint of the model they come from, checked against the gallery's
+        model:str=None, # that model's name, for errors
+        keys:list=None, # a stable key per image (e.g. its path): an image whose key is enrolled replaces it; default its content
+    ):
+        "Enrol images of known or new labels; images already enrolled (by key) are replaced, not added twice"
+        emb,labels,keys = self._prepare(emb, labels, keys, fingerprint, model)
+        self.d,self.fingerprint,self.model = emb.shape[1],self.fingerprint or fingerprint,self.model or model
+        if (old := np.isin(self.ids, ids := _key_ids(keys))).any(): self._keep(~old)
+        pos = {o:i for i,o in enumerate(self.vocab)}
+        for o in labels: pos.setdefault(o, len(pos))
+        self.vocab = list(pos)
+        if self._index is None: self._index = self._new_index(emb)
+        self._index.add(emb); self.codes = np.concatenate([self.codes, [pos[o] for o in labels]]).astype(np.int64)
+        self.ids = np.concatenate([self.ids, ids])
         return self
 
+    def remove(self, label):
+        "Forget every image of `label`"
+        if label not in self.vocab or not (self.codes == self.vocab.index(label)).any(): raise KeyError(f"{label!r} is not in the gallery")
+        c = self.vocab.index(label)
+        self._keep(self.codes != c)
+        self.vocab.pop(c); self.codes -= self.codes > c  # its name is forgotten too
+        return self
+
+    def search(self,
+        emb, # query embeddings (P, d)
+        k:int=5, # classes to return per query
+    ) -> tuple:
+        "(scores, labels) of each query's `k` best classes, a class scoring its highest cosine; -inf and `None` past the last class"
+        emb = self._check(emb)
+        if not len(self): raise ValueError("the gallery is empty: `add` images first")
+        kk = int(min(len(self), 1 if k == 1 else k*np.bincount(self.codes).max()))  # the k·(largest class) best images hold the k best classes
+        s,i = self._index.search(emb, kk)
+        c = np.where(i >= 0, self.codes[i], -1)
+        _,first = np.unique((np.arange(len(emb))[:,None]*(len(self.vocab)+1) + c + 1).ravel(), return_index=True)
+        first = np.sort(first[c.ravel()[first] >= 0])  # each class's best image in each row, in order of score
+        rows = first//kk
+        rank = np.arange(len(first)) - np.searchsorted(rows, rows)
+        first,rows,rank = first[rank < k],rows[rank < k],rank[rank < k]
+        scores,codes = np.full((len(emb), k), -np.inf, np.float32),np.full((len(emb), k), -1)
+        scores[rows, rank],codes[rows, rank] = s.ravel()[first],c.ravel()[first]
+        return scores,np.array([None, *self.vocab], dtype=object)[codes + 1]
+
     def save(self, path):
-        "Write the gallery to one file: a zip of the faiss index, the label codes (.npy) and JSON metadata; atomic, no pickle"
+        "Write the gallery to one file: a zip of the faiss index, the label codes and keys (.npy) and JSON metadata; atomic, no pickle"
         path = Path(path)
         meta = dict(format=FORMAT, d=self.d, n=len(self), index=self.index, params=self.params, threshold=self.threshold,
                     fingerprint=self.fingerprint, model=self.model, vocab=self.vocab)
@@ -197,6 +228,7 @@ class Gallery:
             with os.fdopen(fd, 'wb') as f:
                 with zipfile.ZipFile(f, 'w') as z:
                     z.writestr('meta.json', json.dumps(meta, indent=1)); z.writestr('codes.npy', _npy(self.codes))
+                    z.writestr('keys.npy', _npy(self.ids))
                     if self.impostor is not None: z.writestr('impostor.npy', _npy(self.impostor))
                     if self._index is not None: z.writestr('index.faiss', faiss.serialize_index(self._index).tobytes())
                 f.flush(); os.fsync(f.fileno())
@@ -215,13 +247,14 @@ class Gallery:
         with zipfile.ZipFile(path) as z:
             meta = json.loads(z.read('meta.json'))
             if meta.get('format') != FORMAT: raise ValueError(f"{path} is not a gallery file of this version ({meta.get('format')!r})")
-            codes,names = np.load(io.BytesIO(z.read('codes.npy')), allow_pickle=False),z.namelist()
-            imp = np.load(io.BytesIO(z.read('impostor.npy')), allow_pickle=False) if 'impostor.npy' in names else None
-            idx = faiss.deserialize_index(np.frombuffer(z.read('index.faiss'), np.uint8)) if 'index.faiss' in names else None
+            npy = lambda n: np.load(io.BytesIO(z.read(n)), allow_pickle=False) if n in z.namelist() else None
+            codes,ids,imp = npy('codes.npy'),npy('keys.npy'),npy('impostor.npy')
+            idx = faiss.deserialize_index(np.frombuffer(z.read('index.faiss'), np.uint8)) if 'index.faiss' in z.namelist() else None
         g = cls(meta['index'], meta['params'], meta['threshold'], meta['fingerprint'], meta.get('model'))  # galleries before names: none
         g.d,g.vocab,g.codes,g.impostor,g._index = meta['d'],meta['vocab'],codes,imp,idx
-        if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)):
+        if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)) or (ids is not None and len(ids) != len(codes)):
             raise ValueError(f"{path} is inconsistent: {len(codes)} labels, {meta['n']} in its metadata")
+        g.ids = ids if ids is not None else _key_ids(_content_keys(*g.enrolled())) if len(codes) else np.zeros(0, np.int64)  # before keys
         if idx is not None:
             for k,v in (g.params or {}).items(): faiss.ParameterSpace().set_index_parameter(idx, k, v)
         g.check_model(fingerprint, model)
@@ -261,7 +294,7 @@ def _readable_in(folder) -> tuple:
 def enrol_folder(
     model, # what embeds the images: a `Learner` (e.g. `load_model` of `learn.export`'s file) or an `OnnxEmbedder`
     folder, # one folder per label, named by it, of that label's images
-    gallery:Gallery=None, # add to it; default a new one
+    gallery:GalleryBase=None, # add to it (a `Gallery`, or a `MilvusGallery`); default a new `Gallery`
     bs:int=64, # batch size
     calibrate=None, # a folder of images of classes neither trained on nor enrolled; default the enrolled images, each class left out
     name:str=None, # the model's name in the gallery and in errors; default its own `name` (an `OnnxEmbedder`'s file)
@@ -270,7 +303,8 @@ def enrol_folder(
     ok,bad = _readable_in(folder)
     g,name = gallery if gallery is not None else Gallery(),name or getattr(model, 'name', None)
     g.check_model(model.fingerprint, name)  # before the work of embedding
-    g.add(model.embed_items(ok, bs)[0], [f.parent.name for f in ok], fingerprint=model.fingerprint, model=name)
+    g.add(model.embed_items(ok, bs)[0], [f.parent.name for f in ok], fingerprint=model.fingerprint, model=name,
+          keys=[f.relative_to(folder).as_posix() for f in ok])  # enrolled again, an image replaces itself
     if calibrate is not None:
         cal,bad2 = _readable_in(calibrate)
         g.calibrate(model.embed_items(cal, bs)[0], [f.parent.name for f in cal] if Path(calibrate) != cal[0].parent else None); bad += bad2
@@ -278,7 +312,7 @@ def enrol_folder(
     return g,bad
 
 def identify_folder(
-    model, gallery:Gallery, # the model the gallery was enrolled with (as in `enrol_folder`), and the gallery
+    model, gallery:GalleryBase, # the model the gallery was enrolled with (as in `enrol_folder`), and the gallery
     folder, # query images (searched recursively)
     threshold:float=None, far:float=None, # as in `Gallery.identify`
     bs:int=64, # batch size

@@ -11,7 +11,7 @@ from fastai.vision.all import *
 from copy import deepcopy  # after fastai's `*`, which brings a `copy` function
 from sklearn.metrics import roc_auc_score
 from .learner import cosine_learner  # and `Learner.get_embeddings`, which `embed_items` calls
-from .gallery import Gallery
+from .gallery import Gallery, GalleryBase
 from .embedder import ONNX_FORMAT, OnnxEmbedder, graph_hash
 
 # %% auto #0
@@ -60,11 +60,12 @@ def _dl_labels(dl, targs) -> list:
 def gallery(self:Learner,
     items, # what `embed_items` takes; a labelled DataLoader gives its labels
     labels=None, # one label (string or integer) per item; default the DataLoader's (decoded by its vocab)
-    gallery:Gallery=None, # add to this gallery; default a new, exact one
+    gallery:GalleryBase=None, # add to this gallery (a `Gallery` or a `MilvusGallery`); default a new, exact `Gallery`
     bs:int=64, # batch size
     name:str=None, # the model's name (its file), for the gallery's errors
+    keys:list=None, # a stable key per item (e.g. its path), so that enrolling it again replaces it; default its content
     **kwargs # passed to `Gallery` when it is new
-) -> Gallery:
+) -> GalleryBase:
     "Enrol `items` under `labels` into a `Gallery` of this model's embeddings"
     gallery = ifnone(gallery, Gallery(**kwargs))
     gallery.check_model(self.fingerprint, name)  # before the work of embedding
@@ -72,11 +73,11 @@ def gallery(self:Learner,
     if labels is None:
         if targs is None or not isinstance(items, DataLoader): raise ValueError("pass `labels`, one per item (or a labelled DataLoader)")
         labels = _dl_labels(items, targs)
-    return gallery.add(emb, labels, fingerprint=self.fingerprint, model=name)
+    return gallery.add(emb, labels, fingerprint=self.fingerprint, model=name, keys=keys)
 
 @patch
 def identify(self:Learner,
-    gallery:Gallery, # enrolled with this model
+    gallery:GalleryBase, # enrolled with this model
     items, # what `embed_items` takes
     threshold:float=None, far:float=None, # as in `Gallery.identify`
     bs:int=64, # batch size
