@@ -137,19 +137,33 @@ def cosine_sweep(
 
 # %% ../nbs/09_cli.ipynb #9a11e002
 from fastcore.script import CliError
-from .gallery import Gallery, GalleryMismatch, enrol_folder, identify_folder
+from .gallery import Gallery, GalleryMismatch, enrol_folder, identify_folder, is_milvus_uri
 from .learner_gallery import load_model
 
 def _skipped(bad):
     if bad: print(f"skipped {len(bad)} unreadable image(s):\n" + '\n'.join(f'  {f}: {why}' for f,why in bad), file=sys.stderr)
+
+def _open_gallery(gallery:str, collection:str, replace:bool=False, must_exist:bool=False):
+    "(gallery or None, where it is in words): a `Gallery` file, or a `MilvusGallery` at a Milvus URI"
+    if not is_milvus_uri(gallery):
+        if must_exist and not Path(gallery).is_file(): raise CliError(f"no gallery file {gallery}: run `cosine-gallery enrol` first")
+        return (Gallery.load(gallery) if Path(gallery).exists() and not replace else None),gallery
+    where = f"{gallery} (collection {collection!r})"
+    if must_exist and '://' not in gallery and not Path(gallery).exists(): raise CliError(f"no gallery {where}: run `cosine-gallery enrol` first")
+    from cosine_losses.milvus import MilvusGallery  # pymilvus only for a Milvus gallery
+    g = MilvusGallery(gallery, collection)
+    if replace: g.drop()
+    if must_exist and not len(g): g.close(); raise CliError(f"no gallery {where}: run `cosine-gallery enrol` first")
+    return g,where
 
 @call_parse
 def cosine_gallery(
     action:Annotated[str, "enrol: a folder of class folders into the gallery; identify: a folder of queries against it", {'choices': ['enrol', 'identify']}],
     model:str, # an exported learner (`learn.export`'s pickle) or an ONNX model (`learn.export_onnx`'s .onnx, no pickle)
     folder:str, # enrol: one folder of images per label, named by it; identify: the query images
-    gallery:str='gallery.zip', # the gallery file: written by `enrol` (added to if it exists), read by `identify`
-    replace:bool=False, # enrol: start the gallery file anew instead of adding to it (e.g. for another model)
+    gallery:str='gallery.zip', # a gallery file (`enrol` adds to it if it exists), or Milvus: a Milvus Lite '*.db' or 'http(s)://host:port'
+    collection:str='gallery', # the Milvus collection of the gallery
+    replace:bool=False, # enrol: start the gallery anew instead of adding to it (e.g. for another model)
     calibrate:str=None, # enrol: a folder of images of classes neither trained on nor enrolled, to calibrate on
     far:float=None, # identify: the share of strangers that may be accepted, by the gallery's calibration
     threshold:float=None, # identify: a cosine threshold instead of `--far`
@@ -157,21 +171,21 @@ def cosine_gallery(
     bs:int=64, # batch size
     cpu:bool=False, # run on the CPU even if a GPU is there
 ):
-    "Enrol labelled images into a gallery file, or identify query images against one at a chosen false-accept rate"
+    "Enrol labelled images into a gallery (a file, or Milvus), or identify query images against one at a chosen false-accept rate"
     try:
         m,name = load_model(model, cpu=cpu or not torch.cuda.is_available()),Path(model).name
         if action == 'enrol':
-            g = Gallery.load(gallery) if Path(gallery).exists() and not replace else None
+            g,where = _open_gallery(gallery, collection, replace)
             try: g,bad = enrol_folder(m, folder, g, bs, calibrate=calibrate, name=name)
-            except GalleryMismatch as e: raise CliError(f"{gallery}: {e}. Enrol into a new "
-                                                        f"--gallery file, or pass --replace to start {gallery} anew") from None
-            g.save(gallery); _skipped(bad)
-            print(f"enrolled {len(g)} images of {len(g.classes)} classes into {gallery}")
+            except GalleryMismatch as e: raise CliError(f"{where}: {e}. Enrol into a new --gallery file{' or --collection' * is_milvus_uri(gallery)}, "
+                                                        f"or pass --replace to start {where} anew") from None
+            if not is_milvus_uri(gallery): g.save(gallery)  # Milvus has kept every row as it was upserted
+            _skipped(bad); print(f"enrolled {len(g)} images of {len(g.classes)} classes into {where}")
         else:
             if far is None and threshold is None: raise CliError("pass --far (a false-accept rate) or --threshold")
-            if not Path(gallery).is_file(): raise CliError(f"no gallery file {gallery}: run `cosine-gallery enrol` first")
-            try: df,bad = identify_folder(m, Gallery.load(gallery), folder, threshold, far, bs, name=name)
-            except GalleryMismatch as e: raise CliError(f"{gallery}: {e}. Identify with the "
+            g,where = _open_gallery(gallery, collection, must_exist=True)
+            try: df,bad = identify_folder(m, g, folder, threshold, far, bs, name=name)
+            except GalleryMismatch as e: raise CliError(f"{where}: {e}. Identify with the "
                                                         f"model it was enrolled with, or enrol its images again with {model}") from None
             df.to_csv(out, index=False); _skipped(bad)
             print(f"identified {len(df)} images, {(df.label == 'unknown').sum()} unknown: wrote {out}")

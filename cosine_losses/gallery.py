@@ -6,14 +6,14 @@ Docs: https://cosine-losses.github.io/cosine_losses/gallery.html.md"""
 
 # %% ../nbs/04d_gallery.ipynb #f5373248
 from __future__ import annotations
-import hashlib, importlib, io, json, mimetypes, os, tempfile, zipfile
+import hashlib, importlib, io, json, mimetypes, os, re, tempfile, zipfile
 from pathlib import Path
 import faiss, numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'GalleryBase', 'Gallery', 'image_files', 'enrol_folder',
-           'identify_folder']
+__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'GalleryBase', 'Gallery', 'image_files', 'is_milvus_uri',
+           'enrol_folder', 'identify_folder']
 
 # %% ../nbs/04d_gallery.ipynb #a6b30be0
 def _unit(emb) -> np.ndarray:
@@ -290,6 +290,12 @@ def _readable_in(folder) -> tuple:
     ok,bad = _readable(image_files(folder))
     if not ok: raise ValueError(f"no readable image in {folder}")
     return ok,bad
+
+def is_milvus_uri(
+    gallery, # what a user passed as a gallery: a file name or a URI
+) -> bool:
+    "Whether `gallery` names a Milvus gallery: a Milvus Lite file (`*.db`) or a server (`http(s)://`, `tcp://`, `grpc://`)"
+    return str(gallery).endswith('.db') or re.match(r'(https?|tcp|grpc)://', str(gallery)) is not None
 
 def enrol_folder(
     model, # what embeds the images: a `Learner` (e.g. `load_model` of `learn.export`'s file) or an `OnnxEmbedder`

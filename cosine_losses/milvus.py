@@ -11,20 +11,14 @@ from pathlib import Path
 import numpy as np
 from fastprogress.fastprogress import progress_bar
 from pymilvus import DataType, MilvusClient
-from .gallery import GalleryBase, _label
+from .gallery import GalleryBase, _label, is_milvus_uri
 
 # %% auto #0
-__all__ = ['FORMAT', 'is_milvus_uri', 'milvus_token', 'MilvusGallery']
+__all__ = ['FORMAT', 'milvus_token', 'MilvusGallery']
 
 # %% ../nbs/04j_milvus.ipynb #3ab13fb6
 FORMAT = 'cosine_losses.milvus/1'
 _CHUNK = 1024  # calibration scores a row of the companion collection: Milvus keeps vectors, not arrays of any length
-
-def is_milvus_uri(
-    gallery, # what a user passed as a gallery: a file name or a URI
-) -> bool:
-    "Whether `gallery` names a Milvus gallery: a Milvus Lite file (`*.db`) or a server (`http(s)://`, `tcp://`, `grpc://`)"
-    return str(gallery).endswith('.db') or re.match(r'(https?|tcp|grpc)://', str(gallery)) is not None
 
 def milvus_token() -> str:
     "A server's credentials from the environment, never from a file: `$MILVUS_TOKEN`, or `$MILVUS_USER`:`$MILVUS_PASSWORD`"
@@ -185,5 +179,5 @@ class MilvusGallery(GalleryBase):
         "Delete the gallery: its collection and its calibration's"
         for c in (self.collection, (self._imp_meta or {}).get('collection')):
             if c and self.client.has_collection(c): self.client.drop_collection(c)
-        self.d,self._imp_meta,self._impostor = None,None,None
+        self.d,self.fingerprint,self.model,self.threshold,self._imp_meta,self._impostor = (None,)*6  # a new gallery may be another model's
         return self

@@ -21,3 +21,18 @@ def real_mnist():
         if os.environ.get('CI'): pytest.fail(f"real MNIST is required under CI: set $COSINE_LOSSES_MNIST (looked in {p})")
         pytest.skip(f"real MNIST not found at {p}; set $COSINE_LOSSES_MNIST")
     return p
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+    "A cosine learner trained briefly on a colour folder of word-named classes of mixed sizes, exported both ways (.pkl and .onnx)"
+    from fastai.vision.all import ImageDataLoaders, Resize, set_seed
+    from cosine_losses.learner import cosine_learner
+    from image_folders import WORDS, colour_folder
+    d = tmp_path_factory.mktemp('trained')
+    dls = ImageDataLoaders.from_folder(colour_folder(d/'train', WORDS[:4], 24, 0), valid_pct=.25, seed=0, item_tfms=Resize(32), bs=16)
+    set_seed(0, reproducible=True)
+    learn = cosine_learner(dls, m2=.3)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2)
+    learn.export(d/'model.pkl'); learn.export_onnx(d/'model.onnx')
+    return learn,d

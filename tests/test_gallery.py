@@ -6,7 +6,7 @@ from cosine_losses.gallery import Gallery, GalleryMismatch
 from cosine_losses.learner_gallery import model_fingerprint
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
-WORDS = ('apple', 'banana', 'cherry', 'damson', 'elder', 'fig', 'grape', 'hazel')
+from image_folders import WORDS, colour_folder as _folder, console_script as _exe
 
 def _py(code, **kw):
     "Run `code` in a fresh Python process; its stdout"
@@ -114,24 +114,6 @@ print(json.dumps(dict(emb=e.tolist(), names=names, fp=g.fingerprint)))
     r = json.loads(out.splitlines()[-1])
     np.testing.assert_allclose(r['emb'], ref, atol=1e-5)
     assert r['names'] == ['a', 'b', 'c'] and r['fp'] == model_fingerprint(learn.model)
-
-def _exe(name):
-    exe = shutil.which(name)
-    if exe is None: pytest.fail(f"console script {name} is not installed: pip install -e .")
-    return exe
-
-def _folder(path, classes, n, seed):
-    "RGB PNGs of mixed sizes in class-name folders, class i a bright patch in its own place and channel"
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        i = WORDS.index(c)
-        (path/c).mkdir(parents=True, exist_ok=True)
-        for j in range(n):
-            a = rng.integers(0, 60, (int(rng.integers(28, 40)), int(rng.integers(28, 40)), 3), dtype=np.uint8)
-            a[3*(i//4):3*(i//4)+12, 6*(i % 4):6*(i % 4)+10, i % 3] = 250
-            Image.fromarray(a).save(path/c/f'{c}{j}.png')
-    return path
 
 def test_cosine_gallery_end_to_end(tmp_path):
     from fastai.vision.all import ImageDataLoaders, Resize, set_seed

@@ -1,10 +1,10 @@
 "Deployment without pickle and without the training stack: `export_onnx`, `OnnxEmbedder` where torch and fastai cannot be imported, and `cosine-gallery` on either model file."
-import json, os, shutil, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
-WORDS = ('apple', 'banana', 'cherry', 'damson', 'elder', 'fig', 'grape', 'hazel')
+from image_folders import WORDS, colour_folder as _folder, console_script as _exe
 REFUSE = """
 import sys
 class Refuse:  # torch and fastai cannot be imported in this process
@@ -17,32 +17,6 @@ def _py(code):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
-
-def _folder(path, classes, n, seed):
-    "RGB PNGs of mixed sizes in class-name folders, class i a bright patch in its own place and channel"
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        i = WORDS.index(c)
-        (path/c).mkdir(parents=True, exist_ok=True)
-        for j in range(n):
-            a = rng.integers(0, 60, (int(rng.integers(28, 40)), int(rng.integers(28, 40)), 3), dtype=np.uint8)
-            a[3*(i//4):3*(i//4)+12, 6*(i % 4):6*(i % 4)+10, i % 3] = 250
-            Image.fromarray(a).save(path/c/f'{c}{j}.png')
-    return path
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    "A cosine learner trained briefly on a colour folder of word-named classes of mixed sizes, exported both ways"
-    from fastai.vision.all import ImageDataLoaders, Resize, set_seed
-    from cosine_losses.learner import cosine_learner
-    d = tmp_path_factory.mktemp('onnx')
-    dls = ImageDataLoaders.from_folder(_folder(d/'train', WORDS[:4], 24, 0), valid_pct=.25, seed=0, item_tfms=Resize(32), bs=16)
-    set_seed(0, reproducible=True)
-    learn = cosine_learner(dls, m2=.3)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2)
-    learn.export(d/'model.pkl'); learn.export_onnx(d/'model.onnx')
-    return learn,d
 
 def test_import_boundary():
     out = _py(REFUSE + """
@@ -80,11 +54,6 @@ print(json.dumps(dict(names=names, scores=scores.tolist(), emb=emb(qf).tolist(),
     assert ((e*qemb).sum(1)/np.linalg.norm(e, axis=1)/np.linalg.norm(qemb, axis=1)).min() >= .9999
     np.testing.assert_allclose(r['scores'], wscores, atol=1e-5)
     assert np.mean([n == f.parent.name for n,f in zip(want, qf) if f.parent.name != 'hazel']) >= 8/9  # the model does recognise them
-
-def _exe(name):
-    exe = shutil.which(name)
-    if exe is None: pytest.fail(f"console script {name} is not installed: pip install -e .")
-    return exe
 
 def test_cosine_gallery_takes_either_file(trained):
     learn,d = trained

@@ -1,0 +1,146 @@
+"`MilvusGallery` on a real Milvus Lite file, no mocks: the same identities as the faiss `Gallery`, across processes, after a killed enrolment, and through `cosine-gallery`."
+import json, os, signal, subprocess, sys
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+from cosine_losses.gallery import Gallery, GalleryMismatch, _unit
+from cosine_losses.milvus import MilvusGallery
+from image_folders import WORDS, colour_folder, console_script
+
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+
+def _py(code):
+    "Run `code` in a fresh Python process (numpy as np, MilvusGallery and `data` imported); its stdout"
+    head = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nimport numpy as np\nfrom cosine_losses.milvus import MilvusGallery\nfrom test_milvus import data\n"
+    r = subprocess.run([sys.executable, '-c', head + code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+def data(classes=300, shots=10, probes=600, d=32, seed=0):
+    "Clustered unit embeddings of `classes` word-and-number labels, `shots` each, and probes: half enrolled classes, half strangers"
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(2*classes, d)))
+    lab = np.arange(classes*shots) % classes
+    emb = _unit(centres[lab] + .3*rng.normal(size=(len(lab), d))/np.sqrt(d))
+    pc = np.concatenate([rng.integers(0, classes, probes//2), classes + rng.integers(0, classes, probes - probes//2)])
+    names = [f'person {i}' if i % 2 else i for i in range(classes)]  # strings and integers
+    return emb,[names[i] for i in lab],_unit(centres[pc] + .3*rng.normal(size=(len(pc), d))/np.sqrt(d)),pc
+
+def same_classes(g, ref, probes, k, eps=1e-5):
+    "Milvus's `k` best classes as `Gallery`'s: scores within `eps`, labels equal but where two classes tie within `eps` (float sums differ)"
+    (s,l),(rs,rl) = g.search(probes, k),ref.search(probes, k + 1)  # one more class: a tie may be with the next one
+    np.testing.assert_allclose(s, rs[:, :k], atol=eps)
+    gap = np.abs(np.diff(np.pad(rs, ((0, 0), (1, 0)), constant_values=np.inf), axis=1))
+    clear = (gap[:, :k] > eps) & (gap[:, 1:] > eps)
+    assert (l == rl[:, :k])[clear].all() and clear.mean() > .99, (clear.mean(), np.argwhere((l != rl[:, :k]) & clear)[:5])
+    return True
+
+def test_the_same_identities_as_gallery(tmp_path):
+    emb,labels,probes,pc = data()
+    ref = Gallery().add(emb, labels).calibrate()
+    with MilvusGallery(tmp_path/'g.db') as g:
+        g.add(emb, labels).calibrate()
+        assert (len(g), set(g.classes)) == (3000, set(ref.classes))
+        assert same_classes(g, ref, probes, 3)
+        np.testing.assert_allclose(g.impostor, ref.impostor, atol=1e-5)
+        for far in (.01, .05):
+            (got,gs),(want,ws) = g.identify(probes, far=far),ref.identify(probes, far=far)
+            assert got == want and np.allclose(gs, ws, atol=1e-5)
+        assert 0 < sum(o is None for o in got) < len(got)  # some strangers rejected, some probes identified
+        g.remove('person 1'); ref.remove('person 1')
+        assert len(g) == 2990 and same_classes(g, ref, probes, 2)
+
+def test_add_remove_and_reopen_in_new_processes(tmp_path):
+    db = str(tmp_path/'g.db')
+    emb,labels,probes,_ = data(classes=50, shots=4)
+    with MilvusGallery(db, fingerprint='f00d', model='model.onnx') as g: g.add(emb[:100], labels[:100])
+    out = json.loads(_py(f"""
+emb,labels,probes,_ = data(classes=50, shots=4)
+with MilvusGallery({db!r}) as g:
+    n,fp = len(g),g.fingerprint
+    g.add(emb[100:], labels[100:]).remove(4)
+    print(__import__('json').dumps(dict(n=n, fp=fp, model=g.model, after=len(g), classes=sorted(map(str, g.classes)))))"""))
+    assert out == dict(n=100, fp='f00d', model='model.onnx', after=196, classes=sorted(str(o) for o in set(labels) if o != 4))
+    ref = Gallery().add(emb, labels).remove(4)
+    with MilvusGallery(db, fingerprint='f00d') as g:
+        assert len(g) == 196 and same_classes(g, ref, probes, 3)
+        with pytest.raises(KeyError, match="4 is not in the gallery"): g.remove(4)
+
+def test_calibrate_in_one_process_identify_in_another(tmp_path):
+    db = str(tmp_path/'g.db')
+    _py(f"""
+emb,labels,probes,_ = data()
+with MilvusGallery({db!r}, threshold=.6) as g: g.add(emb, labels).calibrate(probes[300:])  # strangers' scores""")
+    got = json.loads(_py(f"""
+emb,labels,probes,_ = data()
+with MilvusGallery({db!r}) as g:
+    ids,scores = g.identify(probes[:300], far=.05)
+    print(__import__('json').dumps(dict(ids=ids, t=g.threshold, n=len(g.impostor))))"""))
+    emb,labels,probes,pc = data()
+    ref = Gallery().add(emb, labels).calibrate(probes[300:])
+    assert got['ids'] == ref.identify(probes[:300], far=.05)[0] and (got['t'], got['n']) == (.6, 300)
+    assert np.mean([a is not None for a in got["ids"]]) > .8  # enrolled classes: most identified
+
+def test_enrolling_twice_or_after_a_kill_gives_one_collection(tmp_path):
+    db,emb,labels = str(tmp_path/'g.db'),*data(classes=400, shots=10)[:2]
+    keys = [f'{l}/{i}.jpg' for i,l in enumerate(labels)]
+    kill = f"""
+emb,labels = data(classes=400, shots=10)[:2]
+keys = [f'{{l}}/{{i}}.jpg' for i,l in enumerate(labels)]
+g,calls = MilvusGallery({db!r}, batch=500),[0]
+up = g.client.upsert
+def upsert(*a, **k):
+    calls[0] += 1
+    if calls[0] == 4: print(f'\\nrows {{len(g)}}', flush=True); __import__('os').kill(__import__('os').getpid(), 9)  # killed mid-enrolment
+    return up(*a, **k)
+g.client.upsert = upsert
+g.add(emb, labels, keys=keys)"""
+    r = subprocess.run([sys.executable, '-c', f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nimport numpy as np\n"
+                        "from cosine_losses.milvus import MilvusGallery\nfrom test_milvus import data\n" + kill],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == -signal.SIGKILL and '\nrows 1500\n' in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    with MilvusGallery(db) as g:
+        assert len(g) == 1500  # what the killed run upserted, whole batches
+        g.add(emb, labels, keys=keys); assert len(g) == 4000  # the rerun completes it
+        g.add(emb, labels, keys=keys); assert len(g) == 4000  # and again adds nothing
+        g.add(emb[:10], labels[:10]); g.add(emb[:10], labels[:10]); assert len(g) == 4010  # content keys: once
+        ref = Gallery().add(emb, labels).add(emb[:10], labels[:10])
+        probes = data(classes=400, shots=10)[2]
+        assert same_classes(g, ref, probes, 2)
+
+def test_bad_rows_are_refused_and_the_file_is_unchanged(tmp_path):
+    files = lambda: {str(f.relative_to(tmp_path)): f.read_bytes() for f in sorted(tmp_path.rglob('*')) if f.is_file() and f.name != 'LOCK'}
+    emb,labels = data(classes=20, shots=3)[:2]
+    with MilvusGallery(tmp_path/'g.db', fingerprint='f00d') as g: g.add(emb, labels).calibrate()
+    before = files()
+    with MilvusGallery(tmp_path/'g.db') as g:
+        bad = emb[:6].copy(); bad[2] = 0; bad[4, 1] = np.inf
+        with pytest.raises(ValueError, match=r'of 6 embeddings, 1 not finite \(rows 4\) and 1 zero \(rows 2\)'): g.add(bad, labels[:6])
+        with pytest.raises(GalleryMismatch, match='size 8'): g.add(np.ones((2, 8)), ['x', 'y'])
+        with pytest.raises(GalleryMismatch, match='fingerprint f00d'): g.add(emb[:2], ['x', 'y'], fingerprint='beef')
+        with pytest.raises(ValueError, match='3 embeddings but 2 labels'): g.add(emb[:3], ['x', 'y'])
+        with pytest.raises(KeyError, match="'zoe' is not in the gallery"): g.remove('zoe')
+        assert len(g) == 60
+    assert files() == before
+
+def test_cosine_gallery_with_milvus(trained):
+    learn,d = trained
+    enrol,queries = colour_folder(d/'enrol3', WORDS[4:7], 4, 1),colour_folder(d/'queries3', WORDS[4:8], 3, 2)
+    run = lambda *a: subprocess.run([console_script('cosine-gallery'), *map(str, a)], capture_output=True, text=True, env=ENV, timeout=300, cwd=d)
+    r = run('identify', 'model.onnx', queries, '--gallery', 'm.db', '--threshold', '.9')
+    assert r.returncode != 0 and "no gallery m.db (collection 'gallery'): run `cosine-gallery enrol` first" in r.stderr and not (d/'m.db').exists()
+    for _ in range(2):  # enrolled twice: the same collection
+        r = run('enrol', 'model.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit')
+        assert r.returncode == 0 and "enrolled 12 images of 3 classes into m.db (collection 'fruit')" in r.stdout, r.stderr[-3000:]
+    r = run('enrol', 'model.onnx', enrol, '--gallery', 'g.zip')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for g in ('m.db', 'g.zip'):
+        r = run('identify', 'model.onnx', queries, '--gallery', g, '--collection', 'fruit', '--far', '.9', '--out', f'{g}.csv')
+        assert r.returncode == 0, r.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(d/'m.db.csv'), pd.read_csv(d/'g.zip.csv'), atol=2e-4)
+    assert list(pd.read_csv(d/'m.db.csv').columns) == ['file', 'label', 'score']
+    from cosine_losses.learner import cosine_learner
+    cosine_learner(learn.dls, m2=.3).export_onnx(d/'other.onnx')
+    r = run('enrol', 'other.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit')
+    assert r.returncode != 0 and 'Traceback' not in r.stderr and "or --collection, or pass --replace to start m.db (collection 'fruit') anew" in r.stderr
+    r = run('enrol', 'other.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit', '--replace')
+    assert r.returncode == 0 and 'enrolled 12 images' in r.stdout, r.stderr[-3000:]
