@@ -10,6 +10,7 @@ import json, logging, os, re, uuid
 from pathlib import Path
 import numpy as np
 from fastprogress.fastprogress import progress_bar
+from fastcore.basics import store_attr
 from pymilvus import DataType, MilvusClient
 from .gallery import GalleryBase, _label, is_milvus_uri
 
@@ -37,21 +38,24 @@ class MilvusGallery(GalleryBase):
         threshold:float=None, # cosine threshold of `identify` and `verify` when none is passed; kept with the collection
         fingerprint:str=None, # fingerprint of the model about to use the gallery: refused if it is not the collection's
         model:str=None, # that model's name (its file), for errors
-        batch:int=2048, # rows an upsert, probes a search request
+        batch:int=2048, # rows an upsert
+        probes:int=256, # probes a search request: Milvus Lite scores them against every row at once (256 × 10⁶ rows: 1 GiB)
+        shards:int=1, # a cluster's write channels for a new collection (Milvus Lite has one)
+        replicas:int=1, # a cluster's in-memory copies to serve searches, for throughput and failover (Milvus Lite: one)
         **kwargs # passed to pymilvus's `MilvusClient`, e.g. `db_name`, `timeout`
     ):
-        self.uri,self.collection,self.batch,self._impostor = str(uri),collection,batch,None
+        store_attr('collection,batch,probes,shards,replicas'); self.uri,self._impostor = str(uri),None
         self.client = MilvusClient(self.uri, token=milvus_token(), **kwargs)
         meta = self._meta() if self.client.has_collection(collection) else {}
-        if meta: self.client.load_collection(collection)  # a collection reopened is released until loaded
+        if meta: self.client.load_collection(collection, replica_number=replicas)  # a collection reopened is released until loaded
         self.d,self.fingerprint,self.model,self._imp_meta = meta.get('d'),meta.get('fingerprint'),meta.get('model'),meta.get('impostor')
         self.check_model(fingerprint, model)
         self.fingerprint,self.model = self.fingerprint or fingerprint,self.model or model
         self.index,self.params = meta.get('index', index),meta.get('params', params)
         self.search_params = search_params if search_params is not None else meta.get('search_params')
         self.threshold = threshold if threshold is not None else meta.get('threshold')
-        if meta and (threshold is not None or search_params is not None or (self.fingerprint, self.model) != (meta.get('fingerprint'), meta.get('model'))):
-            self._write_meta()
+        changed = threshold is not None or search_params is not None or (self.fingerprint, self.model) != (meta.get('fingerprint'), meta.get('model'))
+        if meta and changed: self._write_meta()
 
     def _meta(self) -> dict:
         props = self.client.describe_collection(self.collection).get('properties', {})
@@ -105,7 +109,9 @@ class MilvusGallery(GalleryBase):
         ip = self.client.prepare_index_params()
         # build parameters nested under 'params', the form servers read and the only one Milvus Lite 3.2 reads (it ignores flat keys)
         ip.add_index('emb', index_type=self.index, metric_type='COSINE', params=dict(params=self.params) if self.params else {})
-        self.client.create_collection(self.collection, schema=s, index_params=ip)
+        self.client.create_collection(self.collection, schema=s, index_params=ip, num_shards=self.shards)
+        if self.replicas > 1:
+            self.client.release_collection(self.collection); self.client.load_collection(self.collection, replica_number=self.replicas)
         self._write_meta()
 
     def add(self,
@@ -146,9 +152,9 @@ class MilvusGallery(GalleryBase):
         emb = self._check(emb)
         if not len(self): raise ValueError("the gallery is empty: `add` images first")
         scores,labels = np.full((len(emb), k), -np.inf, np.float32),np.full((len(emb), k), None, dtype=object)
-        starts = range(0, len(emb), self.batch)
+        starts = range(0, len(emb), self.probes)
         for i in (progress_bar(starts, leave=False) if len(starts) > 4 else starts):
-            res = self.client.search(self.collection, data=emb[i:i+self.batch], anns_field='emb', limit=k, output_fields=['label'],
+            res = self.client.search(self.collection, data=emb[i:i+self.probes], anns_field='emb', limit=k, output_fields=['label'],
                                      group_by_field='label', search_params=dict(metric_type='COSINE', params=self.search_params or {}))
             for r,hits in enumerate(res, i):
                 for j,h in enumerate(hits[:k]): scores[r, j],labels[r, j] = h['distance'],json.loads(h['entity']['label'])
