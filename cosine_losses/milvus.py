@@ -152,12 +152,20 @@ class MilvusGallery(GalleryBase):
         emb = self._check(emb)
         if not len(self): raise ValueError("the gallery is empty: `add` images first")
         scores,labels = np.full((len(emb), k), -np.inf, np.float32),np.full((len(emb), k), None, dtype=object)
-        starts = range(0, len(emb), self.probes)
-        for i in (progress_bar(starts, leave=False) if len(starts) > 4 else starts):
-            res = self.client.search(self.collection, data=emb[i:i+self.probes], anns_field='emb', limit=k, output_fields=['label'],
-                                     group_by_field='label', search_params=dict(metric_type='COSINE', params=self.search_params or {}))
-            for r,hits in enumerate(res, i):
-                for j,h in enumerate(hits[:k]): scores[r, j],labels[r, j] = h['distance'],json.loads(h['entity']['label'])
+        def fill(rows, limit, **kw):
+            starts = range(0, len(rows), self.probes)
+            for i in (progress_bar(starts, leave=False) if len(starts) > 4 else starts):
+                res = self.client.search(self.collection, data=emb[rows[i:i+self.probes]], anns_field='emb', limit=limit,
+                                         output_fields=['label'], search_params=dict(metric_type='COSINE', params=self.search_params or {}), **kw)
+                for r,hits in zip(rows[i:i+self.probes], res):
+                    best = {}  # each class's best image, in order of score
+                    for h in hits:
+                        if len(best) == k: break
+                        best.setdefault(h['entity']['label'], h['distance'])
+                    for j,(l,s) in enumerate(best.items()): scores[r, j],labels[r, j] = s,json.loads(l)
+        fill(np.arange(len(emb)), k, group_by_field='label')
+        # a grouping search may look at only 10·k images (Milvus Lite does), too few when one class has more near the probe
+        if len(short := np.flatnonzero(labels[:, -1] == None)): fill(short, min(len(self), 16384))  # 16,384: Milvus's largest limit
         return scores,labels
 
     @property

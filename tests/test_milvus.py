@@ -49,6 +49,18 @@ def test_the_same_identities_as_gallery(tmp_path):
         g.remove('person 1'); ref.remove('person 1')
         assert len(g) == 2990 and same_classes(g, ref, probes, 2)
 
+def test_a_crowded_class_does_not_hide_the_next(tmp_path):
+    "60 images of one class nearer the probe than any other class's: a grouping search that looks at 10·k images finds one class"
+    rng = np.random.default_rng(1)
+    probe = _unit(rng.normal(size=(1, 16)))
+    crowd = _unit(probe + .05*rng.normal(size=(60, 16))); others = _unit(probe + .6*rng.normal(size=(40, 16)))
+    labels = ['crowd']*60 + [f'other {i % 20}' for i in range(40)]
+    ref = Gallery().add(np.concatenate([crowd, others]), labels).calibrate()
+    with MilvusGallery(tmp_path/'g.db') as g:
+        g.add(np.concatenate([crowd, others]), labels).calibrate()
+        assert same_classes(g, ref, probe, 3) and g.search(probe, 3)[1][0, 0] == 'crowd'
+        np.testing.assert_allclose(g.impostor, ref.impostor, atol=1e-5); assert np.isfinite(g.impostor).all()
+
 def test_add_remove_and_reopen_in_new_processes(tmp_path):
     db = str(tmp_path/'g.db')
     emb,labels,probes,_ = data(classes=50, shots=4)
