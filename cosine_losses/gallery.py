@@ -12,8 +12,8 @@ import faiss, numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'GalleryBase', 'Gallery', 'image_files', 'is_milvus_uri',
-           'enrol_folder', 'identify_folder']
+__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'content_ids', 'GalleryBase', 'Gallery', 'image_files',
+           'is_milvus_uri', 'enrol_folder', 'identify_folder']
 
 # %% ../nbs/04d_gallery.ipynb #a6b30be0
 def _unit(emb) -> np.ndarray:
@@ -63,9 +63,34 @@ def threshold_at_far(
 # %% ../nbs/04d_gallery.ipynb #b49f48b1
 FORMAT = 'cosine_losses.gallery/1'
 
-def _content_keys(emb:np.ndarray, labels) -> list:
-    "Each unit row's key from its content, label and embedding: the same image enrolled twice under one label is one row"
-    return [hashlib.blake2b(json.dumps(l).encode() + e.tobytes(), digest_size=16).hexdigest() for e,l in zip(emb, labels)]
+def _key_ids(keys) -> np.ndarray:
+    "64-bit ids of string keys (8 bytes a row, what the in-memory gallery keeps of them)"
+    return np.array([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), 'little', signed=True) for k in keys], np.int64)
+
+def _mix(h:np.ndarray) -> np.ndarray:
+    "splitmix64's finaliser: every bit of the output depends on every bit of `h` (uint64, wrapping)"
+    h = (h ^ (h >> np.uint64(30)))*np.uint64(0xBF58476D1CE4E5B9); h = (h ^ (h >> np.uint64(27)))*np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+def content_ids(
+    emb:np.ndarray, # unit rows (N, d), float32
+    labels:list, # their labels
+    seed:int=0, # another seed, another independent hash
+) -> np.ndarray:
+    "64-bit ids of images from their content, label and embedding, hashed in numpy: the same image under one label is one id"
+    names = list(dict.fromkeys(labels)); code = {o:i for i,o in enumerate(names)}
+    h = _key_ids([f'{seed}:{json.dumps(o)}' for o in names]).view(np.uint64)[[code[o] for o in labels]]
+    m = np.random.default_rng(seed).integers(1, 2**63, emb.shape[1], dtype=np.uint64) | np.uint64(1)  # odd: no bit of a value is lost
+    for i in range(0, len(emb), 1 << 16):  # a sum of products mod 2⁶⁴, 2¹⁶ rows at a time to bound the temporary
+        h[i:i+(1 << 16)] ^= (np.ascontiguousarray(emb[i:i+(1 << 16)], np.float32).view(np.uint32).astype(np.uint64)*m).sum(1, dtype=np.uint64)
+    return _mix(h).view(np.int64)
+
+def _last(keys, *cols) -> tuple:
+    "`cols` keeping each key's last row only, as upserting the rows in turn would"
+    last = {k:i for i,k in enumerate(keys.tolist() if hasattr(keys, 'tolist') else keys)}
+    if len(last) == len(keys): return cols
+    i = sorted(last.values())
+    return tuple(c[i] if isinstance(c, np.ndarray) else [c[j] for j in i] for c in cols)
 
 class GalleryBase:
     "What every gallery shares, whatever holds the embeddings: the checks, thresholds, `identify`, `verify` and `calibrate`"
@@ -86,13 +111,10 @@ class GalleryBase:
             raise GalleryMismatch(f"the gallery was enrolled with {_who(self.model, self.fingerprint)}, but these embeddings come from "
                                   f"{_who(model, fingerprint)}: a gallery holds one model's embeddings")
     def _prepare(self, emb, labels, keys, fingerprint, model) -> tuple:
-        "(unit embeddings, labels, keys) of an `add`, checked before anything is written; a key given twice keeps its last row"
+        "(unit embeddings, labels, keys as strings or `None`) of an `add`, checked before anything is written"
         emb,labels = self._check(emb, fingerprint, model),[_label(o) for o in (labels.tolist() if hasattr(labels, 'tolist') else labels)]
         if len(labels) != len(emb): raise ValueError(f"{len(emb)} embeddings but {len(labels)} labels")
-        keys = _content_keys(emb, labels) if keys is None else [str(k) for k in keys]
-        if len(keys) != len(emb): raise ValueError(f"{len(emb)} embeddings but {len(keys)} keys")
-        if len(last := {k:i for i,k in enumerate(keys)}) < len(keys):  # as two upserts in a row would leave it
-            i = sorted(last.values()); emb,labels,keys = emb[i],[labels[j] for j in i],[keys[j] for j in i]
+        if keys is not None and len(keys := [str(k) for k in keys]) != len(emb): raise ValueError(f"{len(emb)} embeddings but {len(keys)} keys")
         return emb,labels,keys
 
     def _threshold(self, threshold, far):
@@ -138,10 +160,6 @@ class GalleryBase:
         return self
     def _calibrated(self, impostor): self.impostor = impostor
 
-def _key_ids(keys) -> np.ndarray:
-    "64-bit ids of string keys, what the in-memory gallery keeps of them (8 bytes a row)"
-    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), 'little', signed=True) for k in keys], np.int64)
-
 class Gallery(GalleryBase):
     "Enrolled embeddings and their labels in a faiss inner-product index: `add`, `remove`, `search`, `identify`, `verify`, `save`, `load`"
     def __init__(self,
@@ -181,8 +199,10 @@ class Gallery(GalleryBase):
     ):
         "Enrol images of known or new labels; images already enrolled (by key) are replaced, not added twice"
         emb,labels,keys = self._prepare(emb, labels, keys, fingerprint, model)
+        ids = content_ids(emb, labels) if keys is None else _key_ids(keys)
+        emb,labels,ids = _last(ids, emb, labels, ids)  # a key given twice: its last image
         self.d,self.fingerprint,self.model = emb.shape[1],self.fingerprint or fingerprint,self.model or model
-        if (old := np.isin(self.ids, ids := _key_ids(keys))).any(): self._keep(~old)
+        if (old := np.isin(self.ids, ids)).any(): self._keep(~old)
         pos = {o:i for i,o in enumerate(self.vocab)}
         for o in labels: pos.setdefault(o, len(pos))
         self.vocab = list(pos)
@@ -254,7 +274,7 @@ class Gallery(GalleryBase):
         g.d,g.vocab,g.codes,g.impostor,g._index = meta['d'],meta['vocab'],codes,imp,idx
         if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)) or (ids is not None and len(ids) != len(codes)):
             raise ValueError(f"{path} is inconsistent: {len(codes)} labels, {meta['n']} in its metadata")
-        g.ids = ids if ids is not None else _key_ids(_content_keys(*g.enrolled())) if len(codes) else np.zeros(0, np.int64)  # before keys
+        g.ids = ids if ids is not None else content_ids(*g.enrolled()) if len(codes) else np.zeros(0, np.int64)  # saved before keys
         if idx is not None:
             for k,v in (g.params or {}).items(): faiss.ParameterSpace().set_index_parameter(idx, k, v)
         g.check_model(fingerprint, model)

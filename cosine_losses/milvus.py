@@ -12,7 +12,7 @@ import numpy as np
 from fastprogress.fastprogress import progress_bar
 from fastcore.basics import store_attr
 from pymilvus import DataType, MilvusClient
-from .gallery import GalleryBase, _label, is_milvus_uri
+from .gallery import GalleryBase, _label, _last, content_ids, is_milvus_uri
 
 # %% auto #0
 __all__ = ['FORMAT', 'milvus_token', 'MilvusGallery']
@@ -123,6 +123,8 @@ class MilvusGallery(GalleryBase):
     ):
         "Enrol images of known or new labels, upserted by key: enrolling again, or after a crash, gives the same collection"
         emb,labels,keys = self._prepare(emb, labels, keys, fingerprint, model)
+        if keys is None: keys = [f'{a:016x}{b:016x}' for a,b in zip(*(content_ids(emb, labels, s).view(np.uint64).tolist() for s in (0, 1)))]
+        emb,labels,keys = _last(keys, emb, labels, keys)  # a key given twice: its last image
         jl = [json.dumps(o) for o in labels]
         if too := [f"{what} {o[:40]!r}..." for what,v,n in (('key', keys, 4096), ('label', jl, 1024)) for o in v if len(o.encode()) > n][:3]:
             raise ValueError(f"Milvus keeps keys of up to 4096 bytes and labels of up to 1024, not {', '.join(too)}; nothing was added")
