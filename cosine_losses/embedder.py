@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, onnx, onnxruntime as ort
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
-from .gallery import Gallery
+from .gallery import Gallery, GalleryBase
 
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'graph_hash', 'preprocess', 'OnnxEmbedder']
@@ -113,15 +113,17 @@ class OnnxEmbedder:
         return self(items, bs),None
     def gallery(self,
         items, labels, # images, and one label (string or integer) each
-        gallery:Gallery=None, # add to it; default a new, exact one
-        bs:int=64, **kwargs # batch size; `Gallery`'s arguments when it is new
-    ) -> Gallery:
+        gallery:GalleryBase=None, # add to it (a `Gallery` or a `MilvusGallery`); default a new, exact `Gallery`
+        bs:int=64, # batch size
+        keys:list=None, # a stable key per item (e.g. its path), so that enrolling it again replaces it; default its content
+        **kwargs # `Gallery`'s arguments when it is new
+    ) -> GalleryBase:
         "Enrol `items` under `labels`, as `learn.gallery` does"
         g = gallery if gallery is not None else Gallery(**kwargs)
         g.check_model(self.fingerprint, self.name)
-        return g.add(self(items, bs), labels, fingerprint=self.fingerprint, model=self.name)
+        return g.add(self(items, bs), labels, fingerprint=self.fingerprint, model=self.name, keys=keys)
     def identify(self,
-        gallery:Gallery, items, # a gallery enrolled with this network (from either file), and images
+        gallery:GalleryBase, items, # a gallery enrolled with this network (from either file), and images
         threshold:float=None, far:float=None, bs:int=64, # as in `Gallery.identify`; batch size
     ) -> tuple:
         "(labels, scores) of `items` against `gallery`, as `learn.identify`"

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from fastprogress.fastprogress import progress_bar
 from fastcore.basics import store_attr
+# Milvus Lite's gRPC server runs in this process: at gRPC's default verbosity every fork (a DataLoader's workers) logs a line
+os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
 from pymilvus import DataType, MilvusClient
 from .gallery import GalleryBase, _label, _last, content_ids, is_milvus_uri
 
