@@ -8,10 +8,17 @@ from image_folders import WORDS, colour_folder, console_script
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
 
+HEAD = f"""import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np
+from cosine_losses.milvus import MilvusGallery
+from test_milvus import data
+"""
+
+def _run(code): return subprocess.run([sys.executable, '-c', HEAD + code], capture_output=True, text=True, env=ENV, timeout=300)
+
 def _py(code):
     "Run `code` in a fresh Python process (numpy as np, MilvusGallery and `data` imported); its stdout"
-    head = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nimport numpy as np\nfrom cosine_losses.milvus import MilvusGallery\nfrom test_milvus import data\n"
-    r = subprocess.run([sys.executable, '-c', head + code], capture_output=True, text=True, env=ENV, timeout=300)
+    r = _run(code)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
@@ -106,9 +113,7 @@ def upsert(*a, **k):
     return up(*a, **k)
 g.client.upsert = upsert
 g.add(emb, labels, keys=keys)"""
-    r = subprocess.run([sys.executable, '-c', f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\nimport numpy as np\n"
-                        "from cosine_losses.milvus import MilvusGallery\nfrom test_milvus import data\n" + kill],
-                       capture_output=True, text=True, env=ENV, timeout=300)
+    r = _run(kill)
     assert r.returncode == -signal.SIGKILL and '\nrows 1500\n' in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
     with MilvusGallery(db) as g:
         assert len(g) == 1500  # what the killed run upserted, whole batches
@@ -137,9 +142,11 @@ def test_bad_rows_are_refused_and_the_file_is_unchanged(tmp_path):
 def test_cosine_gallery_with_milvus(trained):
     learn,d = trained
     enrol,queries = colour_folder(d/'enrol3', WORDS[4:7], 4, 1),colour_folder(d/'queries3', WORDS[4:8], 3, 2)
-    run = lambda *a: subprocess.run([console_script('cosine-gallery'), *map(str, a)], capture_output=True, text=True, env=ENV, timeout=300, cwd=d)
+    exe = console_script('cosine-gallery')
+    run = lambda *a: subprocess.run([exe, *map(str, a)], capture_output=True, text=True, env=ENV, timeout=300, cwd=d)
     r = run('identify', 'model.onnx', queries, '--gallery', 'm.db', '--threshold', '.9')
-    assert r.returncode != 0 and "no gallery m.db (collection 'gallery'): run `cosine-gallery enrol` first" in r.stderr and not (d/'m.db').exists()
+    assert r.returncode != 0 and not (d/'m.db').exists()
+    assert "no gallery m.db (collection 'gallery'): run `cosine-gallery enrol` first" in r.stderr, r.stderr
     for _ in range(2):  # enrolled twice: the same collection
         r = run('enrol', 'model.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit')
         assert r.returncode == 0 and "enrolled 12 images of 3 classes into m.db (collection 'fruit')" in r.stdout, r.stderr[-3000:]
@@ -153,6 +160,7 @@ def test_cosine_gallery_with_milvus(trained):
     from cosine_losses.learner import cosine_learner
     cosine_learner(learn.dls, m2=.3).export_onnx(d/'other.onnx')
     r = run('enrol', 'other.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit')
-    assert r.returncode != 0 and 'Traceback' not in r.stderr and "or --collection, or pass --replace to start m.db (collection 'fruit') anew" in r.stderr
+    assert r.returncode != 0 and 'Traceback' not in r.stderr
+    assert "or --collection, or pass --replace to start m.db (collection 'fruit') anew" in r.stderr, r.stderr
     r = run('enrol', 'other.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit', '--replace')
     assert r.returncode == 0 and 'enrolled 12 images' in r.stdout, r.stderr[-3000:]
