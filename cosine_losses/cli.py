@@ -151,8 +151,7 @@ def _open_gallery(gallery:str, collection:str, replace:bool=False, must_exist:bo
     where = f"{gallery} (collection {collection!r})"
     if must_exist and '://' not in gallery and not Path(gallery).exists(): raise CliError(f"no gallery {where}: run `cosine-gallery enrol` first")
     from cosine_losses.milvus import MilvusGallery  # pymilvus only for a Milvus gallery
-    g = MilvusGallery(gallery, collection)
-    if replace: g.drop()
+    g = MilvusGallery(gallery, collection, replace=replace)  # the old collection stays until the new images are added
     if must_exist and not len(g): g.close(); raise CliError(f"no gallery {where}: run `cosine-gallery enrol` first")
     return g,where
 

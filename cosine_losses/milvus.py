@@ -14,7 +14,7 @@ from fastcore.basics import store_attr
 # Milvus Lite's gRPC server runs in this process: at gRPC's default verbosity every fork (a DataLoader's workers) logs a line
 os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
 from pymilvus import DataType, MilvusClient
-from .gallery import GalleryBase, _label, _last, content_ids, is_milvus_uri
+from .gallery import GalleryBase, _label, _last, content_ids
 
 # %% auto #0
 __all__ = ['FORMAT', 'milvus_token', 'MilvusGallery']
@@ -44,11 +44,14 @@ class MilvusGallery(GalleryBase):
         probes:int=256, # probes a search request: Milvus Lite scores them against every row at once (256 × 10⁶ rows: 1 GiB)
         shards:int=1, # a cluster's write channels for a new collection (Milvus Lite has one)
         replicas:int=1, # a cluster's in-memory copies to serve searches, for throughput and failover (Milvus Lite: one)
+        replace:bool=False, # start the gallery anew, dropping the old one at the first `add`: images that fail before it lose nothing
         **kwargs # passed to pymilvus's `MilvusClient`, e.g. `db_name`, `timeout`
     ):
         store_attr('collection,batch,probes,shards,replicas'); self.uri,self._impostor = str(uri),None
         self.client = MilvusClient(self.uri, token=milvus_token(), **kwargs)
         meta = self._meta() if self.client.has_collection(collection) else {}
+        self._stale = (collection, (meta.get('impostor') or {}).get('collection')) if replace and meta else None
+        if self._stale: meta = {}  # this object is a new gallery from here; the old one stays whole until `add` replaces it
         if meta: self.client.load_collection(collection, replica_number=replicas)  # a collection reopened is released until loaded
         self.d,self.fingerprint,self.model,self._imp_meta = meta.get('d'),meta.get('fingerprint'),meta.get('model'),meta.get('impostor')
         self.check_model(fingerprint, model)
@@ -130,6 +133,7 @@ class MilvusGallery(GalleryBase):
         jl = [json.dumps(o) for o in labels]
         if too := [f"{what} {o[:40]!r}..." for what,v,n in (('key', keys, 4096), ('label', jl, 1024)) for o in v if len(o.encode()) > n][:3]:
             raise ValueError(f"Milvus keeps keys of up to 4096 bytes and labels of up to 1024, not {', '.join(too)}; nothing was added")
+        if self._stale: self._drop(*self._stale); self._stale = None
         new = self.d is None or self.fingerprint is None and fingerprint or self.model is None and model
         self.d,self.fingerprint,self.model = emb.shape[1],self.fingerprint or fingerprint,self.model or model
         if not self.client.has_collection(self.collection): self._create()
@@ -193,9 +197,11 @@ class MilvusGallery(GalleryBase):
         self._write_meta()  # the new calibration is in force from here; a crash before leaves the old one whole
         if old and self.client.has_collection(old): self.client.drop_collection(old)
 
+    def _drop(self, *collections):
+        for c in collections:
+            if c and self.client.has_collection(c): self.client.drop_collection(c)
     def drop(self):
         "Delete the gallery: its collection and its calibration's"
-        for c in (self.collection, (self._imp_meta or {}).get('collection')):
-            if c and self.client.has_collection(c): self.client.drop_collection(c)
+        self._drop(self.collection, (self._imp_meta or {}).get('collection'), *(self._stale or ())); self._stale = None
         self.d,self.fingerprint,self.model,self.threshold,self._imp_meta,self._impostor = (None,)*6  # a new gallery may be another model's
         return self

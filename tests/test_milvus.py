@@ -162,5 +162,8 @@ def test_cosine_gallery_with_milvus(trained):
     r = run('enrol', 'other.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit')
     assert r.returncode != 0 and 'Traceback' not in r.stderr
     assert "or --collection, or pass --replace to start m.db (collection 'fruit') anew" in r.stderr, r.stderr
+    r = run('enrol', 'other.onnx', d/'nowhere', '--gallery', 'm.db', '--collection', 'fruit', '--replace')  # a typo: nothing lost
+    assert r.returncode != 0 and 'no folder' in r.stderr, r.stderr
+    with MilvusGallery(d/'m.db', 'fruit', fingerprint=learn.fingerprint) as g: assert len(g) == 12
     r = run('enrol', 'other.onnx', enrol, '--gallery', 'm.db', '--collection', 'fruit', '--replace')
     assert r.returncode == 0 and 'enrolled 12 images' in r.stdout, r.stderr[-3000:]
