@@ -18,19 +18,20 @@ from fastcore.meta import delegates
 from fastcore.xtras import is_indexer
 from fastai.torch_core import TensorCategory
 from fastai.data.core import Datasets, DataLoaders, TfmdDL
-from fastai.data.transforms import Categorize, DisplayedTransform, IntToFloatTensor, Normalize
+from fastai.data.transforms import Categorize, DisplayedTransform, Transform, IntToFloatTensor, Normalize
 from fastai.data.external import URLs, untar_data
 from fastai.data.block import DataBlock, CategoryBlock
 from fastai.data.transforms import get_image_files, parent_label, ColReader, ColSplitter, GrandparentSplitter, RandomSplitter
-from fastai.vision.core import PILImage, PILImageBW, TensorImageBW
+from fastai.vision.core import PILImage, PILImageBW, TensorImage, TensorImageBW
 from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Resize, aug_transforms
 import fastai.vision.data, fastai.vision.learner  # register `show_batch`, `show_results`, `plot_top_losses` for image batches
 
 # %% auto #0
 __all__ = ['ImageRow', 'MNIST_ENV', 'OML_COLUMNS', 'read_idx', 'write_idx', 'read_idx_folder', 'read_png_folder', 'ImageRows',
-           'ToImageBW', 'IndexCategorize', 'TensorBatchDL', 'pixel_stats', 'tensor_dls', 'mnist_path', 'idx_dls',
-           'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'folder_dls', 'csv_dls', 'synthetic_folder']
+           'ToImageBW', 'ToImageColour', 'image_tfm', 'IndexCategorize', 'TensorBatchDL', 'pixel_stats', 'tensor_dls',
+           'mnist_path', 'idx_dls', 'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'folder_dls',
+           'csv_dls', 'synthetic_folder']
 
 # %% ../nbs/03_data.ipynb #d7dbf9cb
 def _gzipped(fname:Path): return fname.suffix == '.gz'
@@ -128,7 +129,7 @@ def read_png_folder(
 ImageRow = namedtuple('ImageRow', 'img label')
 
 class ImageRows:
-    "Images `(N, H, W)` and labels `(N,)` as two tensors, indexed by row like a DataFrame, so fastai keeps them whole"
+    "Images `(N, H, W)` (or `(N, H, W, 3)` in colour) and labels `(N,)` as two tensors, indexed by row like a DataFrame, so fastai keeps them whole"
     def __init__(self, imgs:Tensor, labels:Tensor):
         if len(imgs) != len(labels): raise ValueError(f"{len(imgs)} images but {len(labels)} labels")
         store_attr()
@@ -159,6 +160,27 @@ class ToImageBW(DisplayedTransform):
             raise TypeError(f"expected one greyscale image as a (H, W) uint8 tensor or array, a PIL image or a file; got {type(o).__name__} of shape {tuple(t.shape)} and dtype {t.dtype}")
         return TensorImageBW(t[None])
 
+class ToImageColour(DisplayedTransform):
+    "One colour image (`ImageRow`, (H, W, 3) uint8 tensor or array, PIL image, image file) as a (3, H, W) uint8 `TensorImage`"
+    input_types = (ImageRow, Tensor, np.ndarray, Image.Image, str, Path)
+    def encodes(self, o):
+        if isinstance(o, ImageRow): o = o.img
+        if isinstance(o, (str, Path)):
+            with Image.open(o) as im: o = im.convert('RGB')
+        if isinstance(o, Image.Image): o = o.convert('RGB')
+        t = o.as_subclass(Tensor) if isinstance(o, Tensor) else torch.from_numpy(np.array(o))
+        if t.ndim != 3 or t.shape[-1] != 3 or t.dtype != torch.uint8:
+            raise TypeError(f"expected one colour image as a (H, W, 3) uint8 tensor or array, a PIL image or a file; got {type(o).__name__} of shape {tuple(t.shape)} and dtype {t.dtype}")
+        return TensorImage(t.permute(2, 0, 1).contiguous())
+
+def image_tfm(x:Tensor) -> Transform:
+    "The item transform for images stored as `x`: `ToImageColour` for (N, H, W, 3), `ToImageBW` for (N, H, W)"
+    return ToImageColour() if x.ndim == 4 else ToImageBW()
+
+def _batch_image(x:Tensor) :
+    "A uint8 batch (B, H, W) or (B, H, W, 3) as the (B, C, H, W) image the per-item path collates"
+    return TensorImage(x.permute(0, 3, 1, 2).contiguous()) if x.ndim == 4 else TensorImageBW(x[:,None])
+
 class IndexCategorize(Categorize):
     "`Categorize` for labels that already are indices into `vocab`, which keeps its order"
     def __init__(self, vocab): super().__init__(vocab, sort=False)
@@ -177,7 +199,7 @@ class TensorBatchDL(TfmdDL):
         rows = tls[0].items
         for b in self.chunkify(samps):
             i = torch.tensor(b)
-            yield (TensorImageBW(rows.imgs[i][:,None]), *(TensorCategory(rows.labels[i]) for _ in tls[1:]))
+            yield (_batch_image(rows.imgs[i]), *(TensorCategory(rows.labels[i]) for _ in tls[1:]))
 
 # %% ../nbs/03_data.ipynb #8f2aa06b
 def pixel_stats(x:Tensor) -> tuple:
@@ -193,9 +215,9 @@ def _desc(o): return f"{o.dtype} of shape {tuple(o.shape)}" if isinstance(o, Ten
 
 @delegates(Datasets.dataloaders, but=['dl_type'])  # always `TensorBatchDL`, for the fast path
 def tensor_dls(
-    x_train:Tensor, # training images, uint8 (N, H, W)
+    x_train:Tensor, # training images, uint8 (N, H, W), or (N, H, W, 3) in colour
     y_train:Tensor, # training labels, integer class indices (N,)
-    x_valid:Tensor, # validation images, uint8 (M, H, W)
+    x_valid:Tensor, # validation images, as `x_train`
     y_valid:Tensor, # validation labels (M,)
     bs:int=256, # batch size
     vocab:list=None, # class names, label i being `vocab[i]`; default `range(n_classes)`
@@ -207,7 +229,8 @@ def tensor_dls(
 ) -> DataLoaders:
     "Fast fastai `DataLoaders` over in-memory uint8 images and their labels"
     for nm,x,y in ('train',x_train,y_train),('valid',x_valid,y_valid):
-        if not (isinstance(x, Tensor) and x.dtype == torch.uint8 and x.ndim == 3): raise TypeError(f"x_{nm} must be a uint8 tensor (N, H, W), got {_desc(x)}")
+        if not (isinstance(x, Tensor) and x.dtype == torch.uint8 and (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 3))):
+            raise TypeError(f"x_{nm} must be a uint8 tensor (N, H, W), or (N, H, W, 3) in colour, got {_desc(x)}")
         if not (isinstance(y, Tensor) and y.dtype in _INT_DTYPES): raise TypeError(f"y_{nm} must be a tensor of integer labels, got {_desc(y)}")
         if y.shape != x.shape[:1]: raise ValueError(f"y_{nm} must hold one label per image, shape ({len(x)},), got {tuple(y.shape)}")
     if x_train.shape[1:] != x_valid.shape[1:]: raise ValueError(f"training images are {tuple(x_train.shape[1:])} but validation images {tuple(x_valid.shape[1:])}")
@@ -215,7 +238,7 @@ def tensor_dls(
     if vocab is None: vocab = list(range(int(ys.max())+1))
     if ys.min() < 0 or ys.max() >= len(vocab): raise ValueError(f"labels must be class indices in [0, {len(vocab)}), got {ys.min().item()} to {ys.max().item()}")
     n = len(x_train)
-    dsets = Datasets(ImageRows(torch.cat([x_train, x_valid]), ys), [[ToImageBW()], [IndexCategorize(vocab)]],
+    dsets = Datasets(ImageRows(torch.cat([x_train, x_valid]), ys), [[image_tfm(x_train)], [IndexCategorize(vocab)]],
                      splits=[slice(0, n), slice(n, None)], dl_type=TensorBatchDL)
     mean,std = stats or pixel_stats(x_train)
     tfms = [IntToFloatTensor(), Normalize.from_stats(mean, std), *L(batch_tfms), *L(after_batch)]

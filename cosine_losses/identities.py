@@ -10,14 +10,15 @@ import os, random
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from torch import Tensor
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 import matplotlib.pyplot as plt
 from .data import read_idx_folder, read_mnist
 from .openset import OpenSetDataLoaders, open_set_dls
 
 # %% auto #0
-__all__ = ['FASHION_ENV', 'FASHION_DEBIAN', 'FASHION_CLASSES', 'composite_identities', 'mnist_numbers', 'fashion_path',
-           'fashion_outfits', 'show_identities', 'identity_dls', 'write_identity_folder']
+__all__ = ['FASHION_ENV', 'FASHION_DEBIAN', 'FASHION_CLASSES', 'GLYPH_CHARS', 'GLYPH_FONTS', 'composite_identities',
+           'mnist_numbers', 'fashion_path', 'fashion_outfits', 'show_identities', 'glyph_identities', 'identity_dls',
+           'write_identity_folder']
 
 # %% ../nbs/03b_identities.ipynb #3ae9fb6b
 def _digits(codes:Tensor, base:int, parts:int) -> Tensor:
@@ -135,29 +136,80 @@ def _colour(x:Tensor, y:Tensor, tints:np.ndarray) -> np.ndarray:
     return (x.numpy()[..., None]*tints[y.numpy()][:, None, None].astype(np.float32)).round().astype(np.uint8)
 
 def show_identities(
-    x:Tensor, # images (N, H, W), uint8
+    x:Tensor, # images (N, H, W), uint8, or (N, H, W, 3) in colour
     y:Tensor, # their identities (N,)
     names:list, # the identities' names
     ids:list=None, # identities (labels) to show; default `n` of them spread over the labels
     n:int=5, # identities shown when `ids` is None
     per:int=6, # images of each
     height:float=.8, # inches per row
-    colour:bool=False, # in each identity's tint, as `write_identity_folder(colour=True)` writes them
+    colour:bool=False, # greyscale images in each identity's tint, as `write_identity_folder(colour=True)` writes them
     seed:int=0, # the tints' seed
 ):
     "A grid of identities, one a row with its name, and `per` of their images"
     x,y = torch.as_tensor(x),torch.as_tensor(y).long()
+    colour = colour and x.ndim == 3
     ids = np.linspace(0, len(names)-1, n).round().astype(int).tolist() if ids is None else list(ids)
     fig,axs = plt.subplots(len(ids), per, figsize=(per*height*x.shape[2]/x.shape[1], len(ids)*height), squeeze=False)
     for row,i in zip(axs, ids):
         idx = torch.nonzero(y == i).flatten()[:per]
         ims = _colour(x[idx], y[idx], _tints(len(names), seed)) if colour else x[idx].numpy()
         for j,ax in enumerate(row):
-            if j < len(ims): ax.imshow(ims[j], cmap=None if colour else 'gray', vmin=0, vmax=255, interpolation='nearest')
+            if j < len(ims): ax.imshow(ims[j], cmap=None if ims[j].ndim == 3 else 'gray', vmin=0, vmax=255, interpolation='nearest')
             ax.set(xticks=[], yticks=[])
         row[0].set_ylabel(names[i], rotation=0, ha='right', va='center')
     fig.tight_layout(pad=.2)
     return fig
+
+# %% ../nbs/03b_identities.ipynb #550e1411
+GLYPH_CHARS = 'ABCDEFGHJKLMNPQRSTUVWXYZ23456789'  # no I, O, 0 or 1: in some typefaces they are one another
+GLYPH_FONTS = ('DejaVuSans', 'DejaVuSans-Bold', 'DejaVuSans-Oblique', 'DejaVuSans-BoldOblique', 'DejaVuSansMono', 'DejaVuSansMono-Bold',
+               'DejaVuSansMono-Oblique', 'DejaVuSansMono-BoldOblique', 'DejaVuSerif', 'DejaVuSerif-Bold', 'DejaVuSerif-Italic',
+               'DejaVuSerif-BoldItalic', 'STIXGeneral', 'STIXGeneralBol', 'STIXGeneralItalic', 'STIXGeneralBolIta', 'cmr10', 'cmss10', 'cmtt10', 'cmb10')
+
+def _font(name:str, pt:int):
+    from matplotlib import get_data_path
+    return ImageFont.truetype(os.path.join(get_data_path(), 'fonts', 'ttf', f'{name}.ttf'), pt)
+
+def _luma(c:np.ndarray) -> float: return float(c @ np.array([.299, .587, .114]))
+
+def _render(code:str, font, size:int, rotate:float, shift:float, noise:float, contrast:float, rng) -> np.ndarray:
+    "`code` in `font` at a random place and tilt, in a random ink at least `contrast` darker than a random background: (size, size, 3) uint8"
+    S,bg = 2*size,rng.integers(80, 256, 3)  # drawn at twice the size, then downscaled: antialiased strokes
+    while _luma(bg - (ink := rng.integers(0, 256, 3))) < contrast: pass
+    im = Image.new('RGB', (S, S), tuple(bg.tolist()))
+    d = ImageDraw.Draw(im)
+    l,t,r,b = d.textbbox((0, 0), code, font=font)
+    xy = (S - r - l)/2 + rng.uniform(-shift, shift)*S,(S - b - t)/2 + rng.uniform(-shift, shift)*S
+    d.text(xy, code, font=font, fill=tuple(ink.tolist()))
+    im = im.rotate(rng.uniform(-rotate, rotate), resample=Image.BILINEAR, fillcolor=tuple(bg.tolist())).resize((size, size), Image.BILINEAR)
+    return (np.asarray(im, dtype=np.float32) + rng.normal(0, noise, (size, size, 3))).clip(0, 255).round().astype(np.uint8)
+
+def glyph_identities(
+    n_ids:int=1000, # identities, at most len(`chars`)**`length`
+    per_id:int=20, # images of each
+    length:int=2, # characters in each identity's code
+    size:int=32, # images are `size` × `size` pixels, in colour
+    seed:int=0, # seeds the codes and every rendering
+    rotate:float=15., # tilt each rendering by up to this many degrees either way
+    shift:float=.09, # move it by up to this share of the image either way
+    noise:float=8., # standard deviation of the Gaussian noise added to each pixel (0–255)
+    contrast:float=70., # the ink is at least this much darker than the background (luma, 0–255)
+    fonts:tuple=GLYPH_FONTS, # typefaces to draw from, matplotlib's font files by name
+    chars:str=GLYPH_CHARS, # the characters of the codes
+) -> tuple:
+    "(images (n_ids·per_id, size, size, 3) uint8, labels, names like 'K7') of codes, each image in a random typeface, ink, place and tilt"
+    if not 1 <= n_ids <= len(chars)**length: raise ValueError(f"n_ids must be 1 to {len(chars)}**{length} = {len(chars)**length}, got {n_ids}")
+    if per_id < 1: raise ValueError(f"per_id must be at least 1, got {per_id}")
+    if not 0 <= contrast <= 175: raise ValueError(f"contrast must be in [0, 175] (backgrounds have luma ≥ 80), got {contrast}")
+    rng = np.random.default_rng(seed)
+    codes = np.sort(rng.choice(len(chars)**length, n_ids, replace=False))
+    names = [''.join(chars[c // len(chars)**(length-1-p) % len(chars)] for p in range(length)) for c in codes.tolist()]
+    lo,hi,cache = int(.84*size),int(1.2*size),{}  # point sizes at the doubled drawing size: two characters fill 55–80 % of the width
+    def font(f, pt): return cache.get((f, pt)) or cache.setdefault((f, pt), _font(f, pt))
+    ims = np.stack([_render(n, font(fonts[rng.integers(len(fonts))], int(rng.integers(lo, hi))), size, rotate, shift, noise, contrast, rng)
+                    for n in names for _ in range(per_id)])
+    return torch.from_numpy(ims),torch.arange(n_ids).repeat_interleave(per_id),names
 
 # %% ../nbs/03b_identities.ipynb #65b1a8fe
 def identity_dls(
@@ -186,11 +238,11 @@ def identity_dls(
 
 # %% ../nbs/03b_identities.ipynb #b5a2775d
 def write_identity_folder(
-    x:Tensor, # images (N, H, W), uint8
+    x:Tensor, # images (N, H, W), uint8, or (N, H, W, 3) in colour
     y:Tensor, # their identities (N,)
     names:list, # the identities' names: the folders' names
     path, # folder to write `<name>/<i>.png` into
-    colour:bool=False, # RGB, each identity its own random ink colour; else greyscale
+    colour:bool=False, # greyscale images in RGB, each identity its own random ink colour (colour images are written as they are)
     seed:int=0, # the colours' seed
 ) -> list:
     "Write the images as PNGs in `path/<name>/<i>.png`, i counting each identity's images; return the files"
@@ -202,5 +254,5 @@ def write_identity_folder(
     for j,i in enumerate(y.tolist()):
         (path/str(names[i])).mkdir(parents=True, exist_ok=True)
         files.append(path/str(names[i])/f'{k[i]}.png'); k[i] += 1
-        Image.fromarray(_colour(x[j:j+1], y[j:j+1], tints)[0] if colour else x[j].numpy()).save(files[-1])
+        Image.fromarray(_colour(x[j:j+1], y[j:j+1], tints)[0] if colour and x.ndim == 3 else x[j].numpy()).save(files[-1])
     return files

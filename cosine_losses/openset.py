@@ -13,7 +13,7 @@ from sklearn.metrics import roc_curve, roc_auc_score
 from sklearn.model_selection import KFold
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKNN
-from .data import ImageRows, ToImageBW, IndexCategorize, tensor_dls, mnist_dls, folder_dls, csv_dls
+from .data import ImageRows, ToImageBW, IndexCategorize, image_tfm, tensor_dls, mnist_dls, folder_dls, csv_dls
 
 # %% auto #0
 __all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'ClassSplitter', 'open_set_dls', 'load_dls', 'class_table',
@@ -73,7 +73,7 @@ def _tensor_open_set(data, seen, seed, vocab, bs, unseen_split, **kwargs):
     if extra: kwargs['after_batch'] = [*extra, *L(kwargs.get('after_batch'))]
     dls = tensor_dls(xt[mt], remap[yt[mt]], xv[mv], remap[yv[mv]], bs=bs, vocab=[vocab[c] for c in seen], **kwargs)
     xu,yu = (xv[~mv],yv[~mv]) if unseen_split == 'valid' else (torch.cat([xt[~mt], xv[~mv]]),torch.cat([yt[~mt], yv[~mv]]))
-    uds = Datasets(ImageRows(xu, remap[yu]), [[ToImageBW()], [IndexCategorize([vocab[c] for c in unseen])]], split_idx=1)
+    uds = Datasets(ImageRows(xu, remap[yu]), [[image_tfm(xu)], [IndexCategorize([vocab[c] for c in unseen])]], split_idx=1)
     return dls,dls.valid.new(uds),[vocab[c] for c in seen],[vocab[c] for c in unseen]
 
 

@@ -7,37 +7,52 @@ Docs: https://cosine-losses.github.io/cosine_losses/watch.html.md"""
 # %% ../nbs/01b_watch.ipynb #6653debd
 from __future__ import annotations
 import warnings
-import torch, torch.nn.functional as F
+import torch, torch.nn as nn, torch.nn.functional as F
+from torch import Tensor
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback
 from fastai.torch_core import get_model
 from .losses import auto_scale
 
 # %% auto #0
-__all__ = ['StuckRunWarning', 'StuckRunWatch']
+__all__ = ['StuckRunWarning', 'chance_loss', 'StuckRunWatch']
 
 # %% ../nbs/01b_watch.ipynb #9d7d4fd9
-class StuckRunWarning(UserWarning): "A run that is not learning: training accuracy near chance, or every image embedded in one direction"
+class StuckRunWarning(UserWarning): "A run that is not learning: at chance, sinking at full margins, memorising its training images, or collapsed"
+
+def chance_loss(loss_func, pred:Tensor, targ:Tensor) -> float|None:
+    "The loss of a model that knows nothing (every cosine or logit 0) on `targ`, at the loss's current margins; `None` where it cannot be had"
+    if isinstance(loss_func, nn.Module) and any(True for _ in loss_func.buffers()): return None  # a call would move its running statistics
+    try:
+        with torch.no_grad(): return float(loss_func(torch.zeros(pred.shape, device=pred.device), targ))
+    except Exception: return None  # e.g. a loss that needs the feature norms
 
 class StuckRunWatch(Callback):
-    "Warn once, with the numbers and what to try, when training stays at chance or the embeddings collapse to one direction"
-    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes')  # after the step; a `Checkpoint` resume goes on watching
+    "Warn once, with the numbers and what to try, when a run is at chance, sinks at full margins, memorises, or collapses to one direction"
+    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes', 'prev', 'chance')  # after the step; a `Checkpoint` resume goes on watching
     def __init__(self,
         factor:float=2., # stuck if the training accuracy is at most `factor` × chance (1/number of classes; with few classes, chance + 10 %)...
         until:float=.3, # ...at the end of any epoch from the first that completes this share of training on
         collapse:float=.5, # collapsed if the mean cosine between a batch's embeddings over an epoch is above this
+        sink:float=.9, # sinking if an epoch begun after `until` ends with a rising loss of at least `sink` × that of a model that knows nothing
+        memorise:float=10., # memorising if, from `until` on, the training accuracy (≥ 10 %) is at least `memorise` × the validation accuracy
     ): store_attr(); self.stuck = None
 
     def before_fit(self):
-        self.stuck,self.active,self.loss0,self.hook = None,not hasattr(self.learn, 'lr_finder'),float('nan'),None
+        self.stuck,self.active,self.loss0,self.hook,self.prev,self.chance = None,not hasattr(self.learn, 'lr_finder'),float('nan'),None,None,None
         if self.active: self.hook = get_model(self.learn.model)[-1].register_forward_pre_hook(lambda m,i: setattr(self, 'feats', i[0]))  # DDP too
     def after_fit(self):
         if self.hook is not None: self.hook.remove()
         self.hook = self.feats = None  # nothing of the graph is kept (or pickled by `export`)
-    def before_epoch(self): self.sums = None
+    def before_epoch(self): self.sums = self.vsums = None
 
     def after_batch(self):
-        if not (self.active and self.training) or self.stuck is not None or not len(self.yb): return
+        if not self.active or self.stuck is not None or not len(self.yb): return
+        if not self.training:
+            x = torch.stack([(self.pred.argmax(1) == self.yb[0]).float().sum(), self.pred.new_tensor(len(self.yb[0]), dtype=torch.float)])
+            self.vsums = x if self.vsums is None else self.vsums + x
+            return
+        if self.iter == self.n_iter - 1: self.chance = chance_loss(self.learn.loss_func, self.pred, self.yb[0])  # at this epoch's last margins
         if self.iter < self.n_iter//2: return  # the epoch's second half says where it ended, its first where it began
         with torch.no_grad():
             f,n = F.normalize(self.feats.float(), dim=1),len(self.yb[0])
@@ -49,20 +64,31 @@ class StuckRunWatch(Callback):
     def after_epoch(self):
         if not self.active or self.stuck is not None or self.sums is None: return
         (hits,pair,loss),n = (self.sums[:3]/self.sums[3]).tolist(),self.sums[3].item()
+        valid = None if self.vsums is None else (self.vsums[0]/self.vsums[1]).item()
         if self.epoch == 0: self.loss0 = loss
-        judge = (self.epoch + 1)/self.n_epoch >= self.until - 1e-9 and n >= min(10*self.n_classes, 1000)  # else too few images to tell
-        chance,collapsed = 1/self.n_classes,pair > self.collapse
+        done = (self.epoch + 1)/self.n_epoch >= self.until - 1e-9
+        judge = done and n >= min(10*self.n_classes, 1000)  # else too few images to tell
+        chance = 1/self.n_classes
         near = min(self.factor*chance, chance + (1 - chance)/10)  # with 3 classes 2× chance (67 %) would be far from chance
-        if collapsed or (judge and hits <= near): self._warn(hits, chance, pair, loss, collapsed)
+        full = self.epoch/self.n_epoch >= self.until - 1e-9  # begun with the margins full (`MarginWarmup` ramps over the same share)
+        kind = ('collapsed' if pair > self.collapse else 'chance' if judge and hits <= near else
+                'sinking' if full and self.chance is not None and self.prev is not None and loss >= max(self.prev, self.sink*self.chance) else
+                'memorising' if done and valid is not None and hits >= max(.1, self.memorise*valid) else None)
+        if kind: self._warn(kind, hits, valid, chance, pair, loss)
+        self.prev = loss
 
-    def _warn(self, acc, chance, pair, loss, collapsed):
-        self.stuck = dict(epoch=self.epoch + 1, accuracy=acc, chance=chance, pair_cosine=pair, loss_first_epoch=self.loss0, loss=loss)
+    def _warn(self, kind, acc, valid, chance, pair, loss):
+        self.stuck = dict(kind=kind, epoch=self.epoch + 1, accuracy=acc, valid_accuracy=valid, chance=chance, pair_cosine=pair,
+                          loss_first_epoch=self.loss0, loss=loss, chance_loss=self.chance)
         lf,C = self.learn.loss_func,self.n_classes
-        what = (f"every image is embedded in nearly one direction (mean cosine between a batch's embeddings {pair:.2f})" if collapsed
-                else f"the training accuracy is {acc:.2%}, {acc/chance:.1f}× chance (1/{C})")
+        what = dict(collapsed=lambda: f"every image is embedded in nearly one direction (mean cosine between a batch's embeddings {pair:.2f})",
+                    chance=lambda: f"the training accuracy is {acc:.2%}, {acc/chance:.1f}× chance (1/{C})",
+                    sinking=lambda: f"the loss is rising ({self.prev:.3g} → {loss:.3g}), as high as a model that knows nothing gets ({self.chance:.3g})",
+                    memorising=lambda: f"it memorises its training images: {acc:.1%} of them right, but {valid:.1%} of the validation images ({C} classes)")[kind]()
+        how = {'memorising': "Try more images per class, augmentation (`batch_tfms=aug_transforms()`), a pretrained body, or another learning rate",
+               'sinking': "Try a lower learning rate (a third of the peak)" + (", or a lower scale s" if hasattr(lf, 's') else ""),
+              }.get(kind, f"With {C} classes a margin loss at scale s={getattr(lf, 's', '?')} can settle there instead of learning: try "
+                          f"s='auto' ({auto_scale(C):.1f} for {C} classes), the margins ramped from 0 (`warmup`), or a higher learning rate"
+                          if hasattr(lf, 's') else "Try another learning rate, or check that the labels match the images")
         warnings.warn(f"this run is not learning: after epoch {self.epoch + 1} of {self.n_epoch}, {what}; the loss went from {self.loss0:.3g} "
-                      f"(first epoch) to {loss:.3g}. "
-                      + (f"With {C} classes a margin loss at scale s={getattr(lf, 's', '?')} can settle there instead of learning: try "
-                         f"s='auto' ({auto_scale(C):.1f} for {C} classes), the margins ramped from 0 (`warmup`), or a higher learning rate"
-                         if hasattr(lf, 's') else "Try another learning rate, or check that the labels match the images"),
-                      StuckRunWarning, stacklevel=2)
+                      f"(first epoch) to {loss:.3g}. {how}", StuckRunWarning, stacklevel=2)
