@@ -50,8 +50,8 @@ def run(family, loss, seed, lr, bs, threads, n_ids, epochs, data):
 
 def judge(df:pd.DataFrame) -> pd.DataFrame:
     "Each run's ratios to softmax under the same family, seed, lr, bs and threads, and whether it failed"
-    sm = df[df.loss == 'softmax'].set_index(['family', 'seed', 'lr', 'bs', 'threads'])[['seen_acc', 'map_at_r']]
-    df = df.join(sm, on=['family', 'seed', 'lr', 'bs', 'threads'], rsuffix='_softmax')
+    sm = df[df.loss == 'softmax'].set_index(['family', 'seed', 'lr', 'bs', 'threads'])[['seen_acc', 'map_at_r']].add_suffix('_softmax')
+    df = df.join(sm, on=['family', 'seed', 'lr', 'bs', 'threads'])
     df['seen_ratio'],df['map_ratio'] = df.seen_acc/df.seen_acc_softmax,df.map_at_r/df.map_at_r_softmax
     df['failed'] = (df.flagged.fillna('') != '') | ((df.loss != 'softmax') & ((df.seen_ratio < .9) | (df.map_ratio < .9)))
     return df
