@@ -16,8 +16,8 @@ from .losses import auto_scale
 from .watch import StuckRunWatch
 
 # %% auto #0
-__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepLossStats', 'MarginWarmup', 'cosine_learner', 'softmax_learner',
-           'loss_state', 'arch_from_name']
+__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepHistory', 'KeepLossStats', 'MarginWarmup', 'cosine_learner',
+           'softmax_learner', 'loss_state', 'arch_from_name']
 
 # %% ../nbs/02_learner.ipynb #10aa7e65
 def paper_cnn(
@@ -62,6 +62,13 @@ def _n_in(dls, kwargs) -> int:
     if not isinstance(x, Tensor) or x.ndim not in (2, 3): raise TypeError(f"cannot tell the input channels from an item of type {type(x).__name__}: pass `n_in`")
     return 1 if x.ndim == 2 else x.shape[0]
 
+class KeepHistory(Callback):
+    "Keep the recorder's table of the last training fit as `recorder.history`: fastai's `validate` and `get_preds` start a new one"
+    order = Recorder.order + 1
+    def after_fit(self):
+        r = getattr(self.learn, 'recorder', None)  # a training fit's rows have every column but epoch and time; a validation's lack the training loss
+        if r is not None and r.values and len(r.values[-1]) == len(r.metric_names) - 2: r.history = list(r.metric_names),[list(v) for v in r.values]
+
 @delegates(create_vision_model, but=['n_out', 'custom_head', 'y_range', 'pretrained', 'weights'])
 def _head_learner(
     dls:DataLoaders, # the data, as for `vision_learner`
@@ -89,7 +96,7 @@ def _head_learner(
         if isinstance(arch, str): _timm_norm(dls, timm.create_model(arch, pretrained=False).default_cfg, pretrained, n_in)
         else: _add_norm(dls, meta, pretrained, n_in)
     learn = Learner(dls=dls, model=model, loss_func=loss_func, opt_func=opt_func, lr=lr, splitter=ifnone(splitter, meta['split']),
-                    cbs=cbs, metrics=metrics, path=path, model_dir=model_dir, wd=wd, wd_bn_bias=wd_bn_bias, train_bn=train_bn, moms=moms)
+                    cbs=L(cbs) + [KeepHistory()], metrics=metrics, path=path, model_dir=model_dir, wd=wd, wd_bn_bias=wd_bn_bias, train_bn=train_bn, moms=moms)
     if pretrained and arch is not None: learn.freeze()
     store_attr('arch,normalize,n_out,pretrained,emb_size', self=learn)
     return learn

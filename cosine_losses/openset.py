@@ -431,11 +431,14 @@ def plot_metrics(self:Recorder,
     ncols:int=3, # panels per row
     figsize:tuple=None, # default 3.2 × 2.6 inches a panel
 ):
-    "One panel per column of `recorder.values` against the epoch"
-    cols = self.metric_names[1:-1]
+    "One panel per column of `recorder.values` (of the last training fit, after a `validate`) against the epoch"
+    cols,values = self.metric_names[1:-1],self.values
+    if not values or len(values[-1]) != len(cols):  # fastai's `validate` and `get_preds` start a table of their own
+        if not hasattr(self, 'history'): raise ValueError("the recorder holds no epochs of a training fit: fit first (fastai's `validate` starts a new table)")
+        cols,values = self.history[0][1:-1],self.history[1]
     names = ifnone(names, cols)
     if bad := [n for n in names if n not in cols]: raise ValueError(f"no recorded column {bad}: the columns are {cols}")
-    vals,nrows = np.array(self.values, dtype=float),-(-len(names)//ncols)
+    vals,nrows = np.array(values, dtype=float),-(-len(names)//ncols)
     _,axs = plt.subplots(nrows, min(ncols, len(names)), figsize=ifnone(figsize, (3.2*min(ncols, len(names)), 2.6*nrows)), squeeze=False)
     epochs = np.arange(1, len(vals)+1)
     for ax,n in zip(axs.flat, names): ax.plot(epochs, vals[:, cols.index(n)], marker='o'); ax.set(title=n, xlabel='epoch'); ax.grid(alpha=.3)
