@@ -146,31 +146,31 @@ class ImageRows:
     def __repr__(self): return f"{type(self).__name__}({len(self)} images {tuple(self.imgs.shape[1:])}, labels {self.labels.tolist()[:10]}{'...'*(len(self)>10)})"
 
 # %% ../nbs/03_data.ipynb #aa6758a8
+def _pixels(o, mode:str) -> Tensor:
+    "The uint8 pixels of an `ImageRow`, tensor, array, PIL image or image file (read in PIL `mode`), as a tensor"
+    if isinstance(o, ImageRow): o = o.img
+    if isinstance(o, (str, Path)):
+        with Image.open(o) as im: o = im.convert(mode)
+    if isinstance(o, Image.Image): o = o.convert(mode)
+    return o.as_subclass(Tensor) if isinstance(o, Tensor) else torch.from_numpy(np.array(o))
+
+def _bad_image(o, t, what): return TypeError(f"expected one {what} uint8 tensor or array, a PIL image or a file; got {type(o).__name__} of shape {tuple(t.shape)} and dtype {t.dtype}")
+
 class ToImageBW(DisplayedTransform):
     "One greyscale image (`ImageRow`, (H, W) uint8 tensor or array, PIL image, image file) as a (1, H, W) uint8 `TensorImageBW`"
     input_types = (ImageRow, Tensor, np.ndarray, Image.Image, str, Path)
     def encodes(self, o):
-        if isinstance(o, ImageRow): o = o.img
-        if isinstance(o, (str, Path)):
-            with Image.open(o) as im: o = im.convert('L')
-        if isinstance(o, Image.Image): o = o.convert('L')
-        t = o.as_subclass(Tensor) if isinstance(o, Tensor) else torch.from_numpy(np.array(o))
+        t = _pixels(o, 'L')
         if t.ndim == 3 and t.shape[0] == 1: t = t[0]
-        if t.ndim != 2 or t.dtype != torch.uint8:
-            raise TypeError(f"expected one greyscale image as a (H, W) uint8 tensor or array, a PIL image or a file; got {type(o).__name__} of shape {tuple(t.shape)} and dtype {t.dtype}")
+        if t.ndim != 2 or t.dtype != torch.uint8: raise _bad_image(o, t, 'greyscale image as a (H, W)')
         return TensorImageBW(t[None])
 
 class ToImageColour(DisplayedTransform):
     "One colour image (`ImageRow`, (H, W, 3) uint8 tensor or array, PIL image, image file) as a (3, H, W) uint8 `TensorImage`"
-    input_types = (ImageRow, Tensor, np.ndarray, Image.Image, str, Path)
+    input_types = ToImageBW.input_types
     def encodes(self, o):
-        if isinstance(o, ImageRow): o = o.img
-        if isinstance(o, (str, Path)):
-            with Image.open(o) as im: o = im.convert('RGB')
-        if isinstance(o, Image.Image): o = o.convert('RGB')
-        t = o.as_subclass(Tensor) if isinstance(o, Tensor) else torch.from_numpy(np.array(o))
-        if t.ndim != 3 or t.shape[-1] != 3 or t.dtype != torch.uint8:
-            raise TypeError(f"expected one colour image as a (H, W, 3) uint8 tensor or array, a PIL image or a file; got {type(o).__name__} of shape {tuple(t.shape)} and dtype {t.dtype}")
+        t = _pixels(o, 'RGB')
+        if t.ndim != 3 or t.shape[-1] != 3 or t.dtype != torch.uint8: raise _bad_image(o, t, 'colour image as a (H, W, 3)')
         return TensorImage(t.permute(2, 0, 1).contiguous())
 
 def image_tfm(x:Tensor) -> Transform:
