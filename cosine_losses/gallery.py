@@ -6,14 +6,14 @@ Docs: https://cosine-losses.github.io/cosine_losses/gallery.html.md"""
 
 # %% ../nbs/04d_gallery.ipynb #f5373248
 from __future__ import annotations
-import hashlib, importlib, io, json, mimetypes, os, re, tempfile, zipfile
+import hashlib, importlib, io, json, mimetypes, os, re, tempfile, warnings, zipfile
 from pathlib import Path
 import faiss, numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['FORMAT', 'GalleryMismatch', 'threshold_at_far', 'content_ids', 'GalleryBase', 'Gallery', 'image_files',
-           'is_milvus_uri', 'enrol_folder', 'identify_folder']
+__all__ = ['FORMAT', 'GalleryMismatch', 'smallest_far', 'threshold_at_far', 'content_ids', 'GalleryBase', 'Gallery',
+           'image_files', 'is_milvus_uri', 'enrol_folder', 'identify_folder']
 
 # %% ../nbs/04d_gallery.ipynb #a6b30be0
 def _unit(emb) -> np.ndarray:
@@ -49,6 +49,10 @@ def _who(model:str=None, fingerprint:str=None) -> str:
 def _npy(a) -> bytes: buf = io.BytesIO(); np.save(buf, a, allow_pickle=False); return buf.getvalue()
 
 # %% ../nbs/04d_gallery.ipynb #f81155b6
+def smallest_far(n:int, min_false:int=10) -> float:
+    "The smallest false-accept rate `n` impostor scores resolve: `min_false`/`n` (1 if there are fewer than `min_false`)"
+    return min(1., min_false/max(n, 1))
+
 def threshold_at_far(
     impostor, # scores of impostor pairs (verification) or strangers' top scores (identification)
     far:float, # the false-accept rate (FAR or FPIR) to stay under
@@ -56,7 +60,9 @@ def threshold_at_far(
 ) -> float:
     "The smallest observed impostor score τ at which the share of impostor scores ≥ τ is at most `far` (∞ if none is)"
     imp = np.sort(np.asarray(impostor, dtype=float))
-    if len(imp)*far < min_false: raise ValueError(f"{len(imp)} impostor scores cannot resolve FAR {far:g}: {int(np.ceil(min_false/far))} needed")
+    if len(imp)*far < min_false: raise ValueError(
+        f"{len(imp)} impostor scores cannot resolve FAR {far:g}: {int(np.ceil(min_false/far))} needed. Calibrate with more strangers, "
+        f"ask for a FAR of at least {smallest_far(len(imp), min_false):.3g} (the smallest these resolve), or pass a `threshold`")
     t = np.append(np.unique(imp), np.inf)
     return float(t[np.argmax((len(imp) - np.searchsorted(imp, t))/len(imp) <= far)])
 
@@ -145,6 +151,7 @@ class GalleryBase:
 
     def calibrate(self,
         emb=None, labels=None, # images of classes neither trained on nor enrolled; default: the enrolled images, each class left out in turn
+        far:float=None, # the false-accept rate `identify` will be asked for: warn now if these strangers cannot resolve it
     ):
         "Keep strangers' top scores, so that `identify(far=f)` accepts at most a share f of strangers as an enrolled class"
         if emb is None:  # each enrolled image scored against the other classes, to which it is a stranger
@@ -157,7 +164,14 @@ class GalleryBase:
                 raise ValueError("calibration images must be of classes not enrolled")
             top = self.search(emb, 1)[0][:,0]
         self._calibrated(np.sort(top).astype(np.float32))
+        if far is not None and far < self.smallest_far:
+            warnings.warn(f"{len(top)} strangers resolve a FAR of {self.smallest_far:.3g} at the smallest, not {far:g}: calibrate with at least "
+                          f"{int(np.ceil(10/far))}, or identify at a larger `far` or with a `threshold`", stacklevel=2)
         return self
+    @property
+    def smallest_far(self) -> float|None:
+        "The smallest FAR that `identify(far=)` can be asked for with this calibration (`None` before `calibrate`)"
+        return None if self.impostor is None else smallest_far(len(self.impostor))
     def _calibrated(self, impostor): self.impostor = impostor
 
 class Gallery(GalleryBase):
