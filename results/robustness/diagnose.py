@@ -49,6 +49,6 @@ def main(out=Path(__file__).parent/'diag.csv'):
             df['valid_accuracy'] = df.epoch.astype(int).map(r.set_index(r.epoch - 1).accuracy)
             runs.append(df)
             print(f"{loss} lr {lr:g}: validation accuracy by epoch {(100*r.accuracy).round(1).tolist()}, flagged {r.failed.iloc[-1]}", flush=True)
-    pd.concat(runs).to_csv(out, index=False)
+    pd.concat(runs).to_csv(out, index=False, float_format='%.5g')
 
 if __name__ == '__main__': main()
