@@ -177,7 +177,7 @@ def image_tfm(x:Tensor) -> Transform:
     "The item transform for images stored as `x`: `ToImageColour` for (N, H, W, 3), `ToImageBW` for (N, H, W)"
     return ToImageColour() if x.ndim == 4 else ToImageBW()
 
-def _batch_image(x:Tensor) :
+def _batch_image(x:Tensor):
     "A uint8 batch (B, H, W) or (B, H, W, 3) as the (B, C, H, W) image the per-item path collates"
     return TensorImage(x.permute(0, 3, 1, 2).contiguous()) if x.ndim == 4 else TensorImageBW(x[:,None])
 

@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/identities.html.md"""
 
 # %% ../nbs/03b_identities.ipynb #3f476508
 from __future__ import annotations
-import os, random
+import functools, os, random
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from torch import Tensor
@@ -167,6 +167,7 @@ GLYPH_FONTS = ('DejaVuSans', 'DejaVuSans-Bold', 'DejaVuSans-Oblique', 'DejaVuSan
                'DejaVuSansMono-Oblique', 'DejaVuSansMono-BoldOblique', 'DejaVuSerif', 'DejaVuSerif-Bold', 'DejaVuSerif-Italic',
                'DejaVuSerif-BoldItalic', 'STIXGeneral', 'STIXGeneralBol', 'STIXGeneralItalic', 'STIXGeneralBolIta', 'cmr10', 'cmss10', 'cmtt10', 'cmb10')
 
+@functools.cache  # one font object per typeface and size
 def _font(name:str, pt:int):
     from matplotlib import get_data_path
     return ImageFont.truetype(os.path.join(get_data_path(), 'fonts', 'ttf', f'{name}.ttf'), pt)
@@ -204,10 +205,9 @@ def glyph_identities(
     if not 0 <= contrast <= 175: raise ValueError(f"contrast must be in [0, 175] (backgrounds have luma ≥ 80), got {contrast}")
     rng = np.random.default_rng(seed)
     codes = np.sort(rng.choice(len(chars)**length, n_ids, replace=False))
-    names = [''.join(chars[c // len(chars)**(length-1-p) % len(chars)] for p in range(length)) for c in codes.tolist()]
-    lo,hi,cache = int(.84*size),int(1.2*size),{}  # point sizes at the doubled drawing size: two characters fill 55–80 % of the width
-    def font(f, pt): return cache.get((f, pt)) or cache.setdefault((f, pt), _font(f, pt))
-    ims = np.stack([_render(n, font(fonts[rng.integers(len(fonts))], int(rng.integers(lo, hi))), size, rotate, shift, noise, contrast, rng)
+    names = [''.join(chars[i] for i in t) for t in _digits(torch.from_numpy(codes), len(chars), length).tolist()]
+    lo,hi = int(.84*size),int(1.2*size)  # point sizes at the doubled drawing size: two characters fill 55–80 % of the width
+    ims = np.stack([_render(n, _font(fonts[rng.integers(len(fonts))], int(rng.integers(lo, hi))), size, rotate, shift, noise, contrast, rng)
                     for n in names for _ in range(per_id)])
     return torch.from_numpy(ims),torch.arange(n_ids).repeat_interleave(per_id),names
 

@@ -20,11 +20,12 @@ __all__ = ['StuckRunWarning', 'chance_loss', 'StuckRunWatch']
 # %% ../nbs/01b_watch.ipynb #9d7d4fd9
 class StuckRunWarning(UserWarning): "A run that is not learning: at chance, sinking at full margins, memorising its training images, or collapsed"
 
-def chance_loss(loss_func, pred:Tensor, targ:Tensor) -> float|None:
+def chance_loss(loss_func, pred:Tensor, targ:Tensor, rows:int=64) -> float|None:
     "The loss of a model that knows nothing (every cosine or logit 0) on `targ`, at the loss's current margins; `None` where it cannot be had"
     if isinstance(loss_func, nn.Module) and any(True for _ in loss_func.buffers()): return None  # a call would move its running statistics
+    targ = targ[:rows]  # the same value for every row (per-class margins aside): no N×C buffer at a million classes
     try:
-        with torch.no_grad(): return float(loss_func(torch.zeros(pred.shape, device=pred.device), targ))
+        with torch.no_grad(): return float(loss_func(torch.zeros(len(targ), pred.shape[1], device=pred.device), targ))
     except Exception: return None  # e.g. a loss that needs the feature norms
 
 class StuckRunWatch(Callback):
