@@ -30,7 +30,7 @@ def chance_loss(loss_func, pred:Tensor, targ:Tensor, rows:int=64) -> float|None:
 
 class StuckRunWatch(Callback):
     "Warn once, with the numbers and what to try, when a run is at chance, sinks at full margins, memorises, or collapses to one direction"
-    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes', 'prev', 'chance')  # after the step; a `Checkpoint` resume goes on watching
+    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes', 'prev', 'chance', 'at_chance')  # after the step; a `Checkpoint` resume goes on watching
     def __init__(self,
         factor:float=2., # stuck if the training accuracy is at most `factor` × chance (1/number of classes; with few classes, chance + 10 %)...
         until:float=.3, # ...at the end of any epoch from the first that completes this share of training on
@@ -40,7 +40,8 @@ class StuckRunWatch(Callback):
     ): store_attr(); self.stuck = None
 
     def before_fit(self):
-        self.stuck,self.active,self.loss0,self.hook,self.prev,self.chance = None,not hasattr(self.learn, 'lr_finder'),float('nan'),None,None,None
+        self.stuck,self.active,self.loss0,self.hook = None,not hasattr(self.learn, 'lr_finder'),float('nan'),None
+        self.prev,self.chance,self.at_chance = None,None,False
         if self.active: self.hook = get_model(self.learn.model)[-1].register_forward_pre_hook(lambda m,i: setattr(self, 'feats', i[0]))  # DDP too
     def after_fit(self):
         if self.hook is not None: self.hook.remove()
@@ -72,11 +73,12 @@ class StuckRunWatch(Callback):
         chance = 1/self.n_classes
         near = min(self.factor*chance, chance + (1 - chance)/10)  # with 3 classes 2× chance (67 %) would be far from chance
         full = self.epoch/self.n_epoch >= self.until - 1e-9  # begun with the margins full (`MarginWarmup` ramps over the same share)
-        kind = ('collapsed' if pair > self.collapse else 'chance' if judge and hits <= near else
+        at_chance,last = judge and hits <= near,self.epoch == self.n_epoch - 1
+        kind = ('collapsed' if pair > self.collapse else 'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one
                 'sinking' if full and self.chance is not None and self.prev is not None and loss >= max(self.prev, self.sink*self.chance) else
                 'memorising' if done and valid is not None and hits >= max(.1, self.memorise*valid) else None)
         if kind: self._warn(kind, hits, valid, chance, pair, loss)
-        self.prev = loss
+        self.prev,self.at_chance = loss,at_chance
 
     def _warn(self, kind, acc, valid, chance, pair, loss):
         self.stuck = dict(kind=kind, epoch=self.epoch + 1, accuracy=acc, valid_accuracy=valid, chance=chance, pair_cosine=pair,
