@@ -16,10 +16,11 @@ from pytorch_metric_learning.utils.inference import FaissKNN
 from .data import ImageRows, ToImageBW, IndexCategorize, image_tfm, tensor_dls, mnist_dls, folder_dls, csv_dls
 
 # %% auto #0
-__all__ = ['FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'ClassSplitter', 'open_set_dls', 'load_dls', 'class_table',
-           'Scores', 'retrieval_metrics', 'pair_index', 'verification_pairs', 'tar_at_far', 'best_threshold',
-           'verification_accuracy', 'class_scores', 'dir_at_far', 'identification_metrics', 'identification_split',
-           'identification_protocol', 'open_set_scores', 'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
+__all__ = ['MIN_GENUINE', 'FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'genuine_pairs', 'resolve_unseen_split',
+           'ClassSplitter', 'open_set_dls', 'load_dls', 'class_table', 'Scores', 'retrieval_metrics', 'pair_index',
+           'verification_pairs', 'tar_at_far', 'best_threshold', 'verification_accuracy', 'class_scores', 'dir_at_far',
+           'identification_metrics', 'identification_split', 'identification_protocol', 'open_set_scores',
+           'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
 
 # %% ../nbs/04a_openset.ipynb #7734147d
 class OpenSetDataLoaders(DataLoaders):
@@ -48,7 +49,19 @@ def pick_seen(
     return idx
 
 def _check_unseen_split(s):
-    if s not in ('valid', 'all'): raise ValueError(f"unseen_split must be 'valid' or 'all', got {s!r}")
+    if s not in ('auto', 'valid', 'all'): raise ValueError(f"unseen_split must be 'auto', 'valid' or 'all', got {s!r}")
+
+def genuine_pairs(labels) -> int:
+    "Pairs of images of the same class among `labels`: what verification and retrieval are scored on"
+    n = np.unique(np.asarray(labels), return_counts=True)[1].astype(np.int64)
+    return int((n*(n - 1)//2).sum())
+
+MIN_GENUINE = 100  # 'auto' scores the validation images of the unseen classes only when they hold this many same-class pairs
+def resolve_unseen_split(unseen_split:str, valid_labels) -> str:
+    "'valid' or 'all': with 'auto', the held-out images of the unseen classes if they hold `MIN_GENUINE` genuine pairs, else all of them"
+    _check_unseen_split(unseen_split)
+    if unseen_split != 'auto': return unseen_split
+    return 'valid' if genuine_pairs(valid_labels) >= MIN_GENUINE else 'all'  # none of the unseen classes' images is trained on
 
 def _tensors(data) -> tuple:
     "(x_train, y_train, x_valid, y_valid, vocab, extra batch tfms) of `tensor_dls`-made `DataLoaders`, or of four tensors"
@@ -72,9 +85,10 @@ def _tensor_open_set(data, seen, seed, vocab, bs, unseen_split, **kwargs):
     mt,mv = torch.isin(yt, torch.tensor(seen)),torch.isin(yv, torch.tensor(seen))
     if extra: kwargs['after_batch'] = [*extra, *L(kwargs.get('after_batch'))]
     dls = tensor_dls(xt[mt], remap[yt[mt]], xv[mv], remap[yv[mv]], bs=bs, vocab=[vocab[c] for c in seen], **kwargs)
+    unseen_split = resolve_unseen_split(unseen_split, yv[~mv])
     xu,yu = (xv[~mv],yv[~mv]) if unseen_split == 'valid' else (torch.cat([xt[~mt], xv[~mv]]),torch.cat([yt[~mt], yv[~mv]]))
     uds = Datasets(ImageRows(xu, remap[yu]), [[image_tfm(xu)], [IndexCategorize([vocab[c] for c in unseen])]], split_idx=1)
-    return dls,dls.valid.new(uds),[vocab[c] for c in seen],[vocab[c] for c in unseen]
+    return dls,dls.valid.new(uds),[vocab[c] for c in seen],[vocab[c] for c in unseen],unseen_split
 
 
 # %% ../nbs/04a_openset.ipynb #5e1c0a7b
@@ -107,17 +121,18 @@ def _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs):
     dl = dls.train
     new = dsets.dataloaders(bs=ifnone(bs, dl.bs), after_item=dl.after_item.fs, before_batch=dl.before_batch.fs, after_batch=dl.after_batch.fs,
                             device=dls.device, num_workers=dl.num_workers, path=dls.path, dl_type=type(dl), **kwargs)
-    scored = range(len(subsets)) if len(subsets) == 3 else [1] if unseen_split == 'valid' else [0, 1]
+    if len(subsets) == 3: unseen_split,scored = 'split',range(3)  # the `ClassSplitter`'s choice
+    else: unseen_split = resolve_unseen_split(unseen_split, [c for c in names[1] if c not in s]); scored = [1] if unseen_split == 'valid' else [0, 1]
     uitems = [_take(subsets[j], [i for i,c in enumerate(names[j]) if c not in s]) for j in scored]
     uds = Datasets(_cat(*uitems), [x_fs, [*y_name.fs, Categorize(unseen_names, sort=False)]], split_idx=1)  # no augmentation
-    return new,new.valid.new(uds),seen_names,unseen_names
+    return new,new.valid.new(uds),seen_names,unseen_names,unseen_split
 
 def ClassSplitter(
     seen=None, # seen classes, as for `pick_seen`
     get_y=parent_label, # the `DataBlock`'s label function
     seed:int=None, # for a random choice of seen classes, and the default `splitter`'s seed (0 if `None`)
     splitter=None, # splits the seen classes' items into training and validation; default `RandomSplitter(0.2)`
-    unseen_split:str='valid', # the unseen classes' items as the third split: those `splitter` puts in validation, or 'all'
+    unseen_split:str='auto', # the unseen classes' items as the third split: those `splitter` puts in validation, 'all', or 'auto'
 ):
     "A `DataBlock` splitter by class: (training, validation) items of the seen classes, and the unseen classes' as a third split"
     _check_unseen_split(unseen_split)
@@ -127,8 +142,9 @@ def ClassSplitter(
         classes = sorted(set(names))  # fastai's `Categorize` order
         s = {classes[i] for i in pick_seen(classes, seen, seed)}
         tr,va = splitter(items)
+        split = resolve_unseen_split(unseen_split, [names[i] for i in va if names[i] not in s])
         return ([i for i in tr if names[i] in s],[i for i in va if names[i] in s],
-                [i for i in (va if unseen_split == 'valid' else range(len(items))) if names[i] not in s])
+                [i for i in (va if split == 'valid' else range(len(items))) if names[i] not in s])
     return _inner
 
 def open_set_dls(
@@ -137,7 +153,7 @@ def open_set_dls(
     seed:int=None, # `None`: the first classes in vocab order; an int: a seeded random choice of the seen classes
     vocab:list=None, # tensor data only: names of the original classes; default `data`'s vocab, else `range(n_classes)`
     bs:int=None, # batch size; default that of `data` (256 for tensors)
-    unseen_split:str='valid', # images of the unseen classes to score: 'valid' (those of the validation split) or 'all' (none is trained on)
+    unseen_split:str='auto', # unseen classes' images to score: 'valid' (held out), 'all' (none is trained on), 'auto' (`resolve_unseen_split`)
     source=None, # for a `DataBlock`: what its `dataloaders` is called with (a folder, a DataFrame, ...)
     **kwargs # passed to `tensor_dls`, or to `Datasets.dataloaders` (fastai data)
 ) -> OpenSetDataLoaders:
@@ -145,10 +161,10 @@ def open_set_dls(
     _check_unseen_split(unseen_split)
     if isinstance(data, DataBlock): data = data.dataloaders(source, bs=ifnone(bs, 64), num_workers=kwargs.pop('num_workers', 0))
     tensors = not isinstance(data, DataLoaders) or all(isinstance(dl.dataset.items, ImageRows) for dl in (data.train, data.valid))
-    if tensors: dls,udl,sn,un = _tensor_open_set(data, seen, seed, vocab, ifnone(bs, 256), unseen_split, **kwargs)
-    else: dls,udl,sn,un = _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs)
+    if tensors: dls,udl,sn,un,split = _tensor_open_set(data, seen, seed, vocab, ifnone(bs, 256), unseen_split, **kwargs)
+    else: dls,udl,sn,un,split = _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs)
     res = OpenSetDataLoaders(dls.train, dls.valid, udl, path=dls.path, device=dls.device)
-    res.seen,res.unseen_classes = sn,un
+    res.seen,res.unseen_classes,res.unseen_split = sn,un,split
     return res
 
 
@@ -160,7 +176,7 @@ def load_dls(
     bs:int=256, # batch size
     seen=0, # open set: the seen classes (a count, a fraction, names: see `pick_seen`); 0 for the closed set
     seen_seed:int=None, # a seeded random choice of the seen classes; `None`: the first ones
-    unseen_split:str='valid', # unseen images scored: 'valid' or 'all'
+    unseen_split:str='auto', # unseen images scored: 'valid', 'all' or 'auto' (see `open_set_dls`)
     size=None, # image folders and CSVs: resize to this; default the first image's size
     augment:bool=False, # image folders and CSVs: `aug_transforms()` on the training batches
     valid_pct:float=0.2, # image folders and CSVs without a validation split: the share held out
@@ -194,11 +210,20 @@ OPEN_SET_KEYS = ('precision_at_1', 'r_precision', 'map_at_r', 'roc_auc', 'eer', 
                  'rank_1', 'dir_at_far_1e-2')
 
 class Scores(dict):
-    "A dict of scores, with `reasons` {key: why it is NaN}, `thresholds` {key: the cosine threshold it was measured at}, `protocol`, `cmc`"
-    def __init__(self, *args, reasons=None, thresholds=None, protocol='', cmc=None, **kwargs):
+    "A dict of scores, with `reasons` {key: why it is NaN}, `thresholds` {key: its cosine threshold}, `protocol`, `cmc`, `counts`"
+    def __init__(self, *args, reasons=None, thresholds=None, protocol='', cmc=None, counts=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.reasons,self.thresholds,self.protocol,self.cmc = ifnone(reasons, {}),ifnone(thresholds, {}),protocol,cmc
+        self.reasons,self.thresholds,self.protocol,self.cmc,self.counts = ifnone(reasons, {}),ifnone(thresholds, {}),protocol,cmc,counts
     def nan(self, key, why): self[key] = np.nan; self.reasons[key] = why
+    @property
+    def notes(self) -> list:
+        "What the scores were measured on, and why each missing one is missing"
+        c = self.counts
+        on = [] if not c else [f"measured on {c['images']:,} images of {c['classes']:,} classes: retrieval from {c['queries']:,} queries "
+              f"(images whose class has another), verification from {c['genuine']:,} genuine and {c['impostor']:,} impostor pairs"
+              + (" (few: a score from so few pairs moves by several points with the sample)" if c['genuine'] < MIN_GENUINE else "")]
+        return on + [self.protocol]*bool(self.protocol) + [f'{k} n/a: {why}' for k,why in self.reasons.items()]
+    def __repr__(self): return '\n'.join([dict.__repr__(self), *self.notes])  # the reasons show wherever the scores are shown
 
 def retrieval_metrics(emb, labels) -> dict:
     "precision@1, R-precision and MAP@R of `emb` by pytorch-metric-learning, each query left out of its own neighbours"
@@ -364,7 +389,10 @@ def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol='aut
     gi,pi,loo,protocol = identification_protocol(labels, enrol, shots, seed)
     ident = identification_metrics(emb[gi], labels[gi], emb[pi], labels[pi], ranks=(1,), fars=(1e-2,), strangers=(emb, labels) if loo else None)
     res.update(ident); res.reasons.update(ident.reasons); res.thresholds.update(ident.thresholds)
-    scores = Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds, protocol=protocol, cmc=ident.cmc)
+    n_c = labels.unique(return_counts=True)[1]
+    counts = dict(images=len(labels), classes=len(n_c), queries=int(n_c[n_c > 1].sum()), genuine=int(same.sum()), impostor=int((~same).sum()))
+    scores = Scores({k: float(res[k]) for k in OPEN_SET_KEYS}, reasons=res.reasons, thresholds=res.thresholds, protocol=protocol, cmc=ident.cmc,
+                    counts=counts)
     return scores,(fpr,tpr)
 
 def open_set_metrics(
@@ -411,16 +439,18 @@ class OpenSetMetrics(Callback):
         self.unseen = ifnone(self.dl, getattr(self.dls, 'unseen', None))
         if self.unseen is None: raise ValueError("OpenSetMetrics needs `dl`, or `dls` made by `open_set_dls`")
         if isinstance(self.unseen, DistributedDL): self.unseen = self.unseen.dl  # `distrib_ctx` shards every loader: score the whole set on every rank
-        self.scores,self.roc = {},None
+        self.scores,self.roc,self.last = {},None,None
         self.value_metrics = [ValueMetric(partial(self.scores.get, k, np.nan), k) for k in self.metrics]
         self.learn.metrics = self.learn.metrics + self.value_metrics
     def after_validate(self):
         if not hasattr(self, 'value_metrics'): return  # a `validate` or `get_preds` outside `fit`
         scores,self.roc = open_set_scores(*embed(self.model, self.unseen), **self.kwargs)
-        self.scores.update(scores)
-        self.notes = '; '.join([scores.protocol, *(f'{k} n/a: {why}' for k,why in scores.reasons.items())])  # what was measured, what could not be
+        self.scores.update(scores); self.last = scores
+        self.notes = '; '.join(scores.notes)  # what was measured, what could not be
         self.cmc = scores.cmc
     def after_fit(self):
+        if self.last is not None and (missing := [k for k in self.metrics if k in self.last.reasons]):  # the table shows NaN: say why, once
+            warnings.warn(f"open-set {', '.join(missing)} not measured: " + '; '.join(self.last.notes), stacklevel=2)
         self.learn.metrics = [m for m in self.learn.metrics if m not in self.value_metrics]
         del self.value_metrics
 
