@@ -6,21 +6,45 @@ Docs: https://cosine-losses.github.io/cosine_losses/cli.html.md"""
 
 # %% ../nbs/09_cli.ipynb #a23d4ea1
 from __future__ import annotations
-import sys, warnings
+import argparse, inspect, math, shlex, sys, warnings
+from functools import wraps
+from pathlib import Path
 from typing import Annotated
-from fastcore.script import call_parse
-with warnings.catch_warnings():
-    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)  # from fastai.layers, at import
-    from fastai.vision.all import *
-import optuna
-from .learner import arch_from_name
-from .openset import load_dls, class_table
-from .compare import compare, format_summary
-from .sweep import GRIDS, margin_sweep, margin_search, product_grid, preset_config
-from .report import sweep_report
+import fastcore.script
+from fastcore.basics import ifnone
+from fastcore.script import CliError, anno_parser
+
+def _fastai():
+    "Import fastai for a command that runs: its import-time `torch.jit.script` `FutureWarning` is not ours to fix, nor the user's to read"
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)  # from fastai.layers
+        import fastai.vision.all  # noqa: F401
+
+class _Help(argparse.RawDescriptionHelpFormatter, fastcore.script._HelpFormatter):
+    "fastcore's `--help`, with the examples after the options kept as written (fastcore reflows them into one paragraph)"
+
+def _command(examples:str):
+    "`call_parse` with `examples` after the options of `--help`; the module imports neither torch nor fastai, so `--help` answers at once"
+    def deco(func):
+        @wraps(func)
+        def cmd(*args, **kwargs):
+            if args or kwargs or inspect.currentframe().f_back.f_globals.get('__name__') != '__main__': return func(*args, **kwargs)
+            p = anno_parser(func, prog=Path(sys.argv[0]).name)  # a console script: its caller is `__main__`
+            p.formatter_class,p.epilog = _Help,f'examples:\n{examples}\n\n{p.epilog or ""}'
+            kw = vars(p.parse_args()); kw.pop('pdb', None); kw.pop('xtra', None)
+            try: func(**kw)
+            except CliError as e: raise SystemExit(str(e))
+        return cmd
+    return deco
+
+def _command_line(name:str, func, args:dict) -> str:
+    "The command as typed in a shell, else the Python call with its arguments that are not the defaults"
+    if Path(sys.argv[0]).name == name: return shlex.join([name, *sys.argv[1:]])
+    sig = inspect.signature(func).parameters
+    return f"{func.__name__}({', '.join(f'{k}={v!r}' for k,v in args.items() if k in sig and v != sig[k].default)})"
 
 # %% auto #0
-__all__ = ['load_data', 'cosine_compare', 'cosine_sweep', 'cosine_gallery']
+__all__ = ['load_data', 'batch_size', 'cosine_compare', 'cosine_sweep', 'cosine_gallery']
 
 # %% ../nbs/09_cli.ipynb #55f5a270
 def _seen(vals):
@@ -33,15 +57,34 @@ def _seen(vals):
             except ValueError: pass
     return [int(v) if v.isdigit() else v for v in vals]
 
-def load_data(data=None, csv=None, bs:int=256, seen=(), seen_seed=None, unseen_split='valid', size=None, augment=False, valid_pct=.2,
-              n_train=None, n_valid=None, out=None) -> DataLoaders:
-    "`load_dls` of the command's arguments; prints the classes and writes them to `out/classes.csv`"
+def load_data(data=None, csv=None,
+              bs:int=None, # default the largest power of 2 up to 256 that leaves `_STEPS` steps an epoch
+              seen=(), seen_seed=None, unseen_split='valid', size=None, augment=False, valid_pct=.2, n_train=None, n_valid=None, out=None):
+    "`load_dls` of the command's arguments, at a batch size that trains (`batch_size`); prints the classes and writes them to `out/classes.csv`"
+    from cosine_losses.openset import load_dls, class_table
     if data is not None and csv is not None: raise ValueError("give --data or --csv, not both")
-    dls = load_dls(ifnone(csv, data), bs, _seen(seen), seen_seed, unseen_split, size, augment, valid_pct, n_train=n_train, n_valid=n_valid)
+    dls = load_dls(ifnone(csv, data), ifnone(bs, _BS), _seen(seen), seen_seed, unseen_split, size, augment, valid_pct, n_train=n_train, n_valid=n_valid)
     tab = class_table(dls)
     print(f"{len(tab)} classes: " + '; '.join(f"{len(g)} {r} ({_some(g.index)})" for r,g in tab.groupby('role', sort=False)), flush=True)
     if out is not None: Path(out).mkdir(parents=True, exist_ok=True); tab.to_csv(Path(out)/'classes.csv')
+    dls.train.bs = batch_size(len(dls.train.dataset), bs)
     return dls
+
+_BS,_STEPS = 256,20
+def batch_size(
+    n:int, # training images
+    bs:int=None, # the batch size asked for: kept, with a warning if it leaves fewer than `_STEPS` steps an epoch
+) -> int:
+    "`bs`, else 256 or the largest power of 2 (8 at least) that leaves 20 steps an epoch: a one-cycle schedule over 2 steps does not train"
+    auto = max(8, min(_BS, 2**int(math.log2(max(n//_STEPS, 1)))))
+    if bs is None:
+        if auto < _BS: print(f"batch size {auto}, not {_BS}: {n} training images make {n//auto} steps an epoch at {auto}, {n//_BS} at {_BS}; "
+                             "--bs sets it", flush=True)
+        return auto
+    if n//bs < _STEPS: print(f"warning: --bs {bs} leaves {n//bs} step{'s'*(n//bs != 1)} an epoch of {n} training images, too few to train well: "
+                             + (f"try --bs {auto} ({n//auto} steps), or leave --bs out to have it chosen" if auto < bs else "use more images"),
+                             file=sys.stderr, flush=True)
+    return bs
 
 def _some(names, n:int=5) -> str:
     "The first `n` of `names`, then how many more: a thousand class names do not belong on one line"
@@ -51,9 +94,14 @@ def _interrupted(out):
     print(f"\ninterrupted: the finished runs are kept in {out}; run the same command again to resume", file=sys.stderr)
     sys.exit(130)
 
-
 # %% ../nbs/09_cli.ipynb #d210f6bd
-@call_parse
+_COMPARE_EXAMPLES = """\
+  cosine-compare --epochs 5 --seeds 3                                   # the paper's comparison, on MNIST
+  cosine-compare --seen 5 --losses softmax arcface cosface --out openset  # open set: train on 5 classes, score the others
+  cosine-compare --data photos/ --arch resnet18 --size 64 --seen 0.5 --losses softmax arcface --sheet --out mine  # photos/<class>/*.jpg
+  cosine-compare --csv products.csv --arch resnet50 --pretrained --size 224 --augment --out products              # a CSV of images"""
+
+@_command(_COMPARE_EXAMPLES)
 def cosine_compare(
     data:str=None, # IDX files or `mnist_png` (MNIST-like), an image folder (class folders, or train/ + valid/), or a CSV; default MNIST
     csv:str=None, # a CSV of images: fastai's layout (file, label[, is_valid]) or open-metric-learning's (path, label, split, ...)
@@ -65,7 +113,7 @@ def cosine_compare(
     losses:Annotated[str, "softmax, arcface, cosface, sphereface, combined, a loss of the family (curricularface, adaface, elasticface, elasticface-cos, magface, dynamic-arcface), or margins like 'm2=0.45,m3=0.1' (add ',fallback=0' for the non-monotone margin, reproduction only)", {'nargs': '+'}]=None,
     epochs:int=5, # epochs of `fit_one_cycle` per run
     seeds:int=3, # seeds per loss
-    bs:int=256, # batch size
+    bs:int=None, # batch size; default 256, or lower to make 20 steps an epoch
     lr:float=3e-2, # maximum learning rate of the one-cycle schedule
     emb_size:int=128, # embedding size (both learners)
     seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
@@ -77,16 +125,36 @@ def cosine_compare(
     sheet:bool=False, # also write sheet.html: the table, its notes and every figure on one page, to look at without a notebook
 ):
     "Train fastai's softmax learner and cosine learners with `fit_one_cycle`; print accuracy (and open-set scores) and time per epoch"
-    dls = load_data(data, csv, bs, seen, seen_seed, unseen_split, size, augment, valid_pct, n_train, n_valid, out)
-    arch = arch_from_name(arch, pretrained)
-    try: summ = compare(dls, losses or ('softmax', 'arcface', 'combined'), epochs, seeds, lr, out, sheet=sheet, emb_size=emb_size, arch=arch,
+    cmd = _command_line('cosine-compare', cosine_compare, locals())
+    _fastai()
+    from cosine_losses.learner import arch_from_name
+    from cosine_losses.compare import compare, format_summary
+    dls,losses = load_data(data, csv, bs, seen, seen_seed, unseen_split, size, augment, valid_pct, n_train, n_valid, out),losses or ('softmax', 'arcface', 'combined')
+    about,title = _about(cmd, dls, data or csv, arch, pretrained),f"{', '.join(losses)} on {Path(data or csv).name if data or csv else 'MNIST'}"
+    try: summ = compare(dls, losses, epochs, seeds, lr, out, sheet=sheet, about=about, title=title, emb_size=emb_size, arch=arch_from_name(arch, pretrained),
                         pretrained=pretrained)
     except KeyboardInterrupt: _interrupted(out)
     print(format_summary(summ))
     print(f'\nwrote {out}/epochs.csv, {out}/summary.csv, {out}/classes.csv and plots' + (f', and {out}/sheet.html' if sheet else ''))
 
+def _about(cmd:str, dls, data:str, arch:str, pretrained:bool) -> dict:
+    "What `sheet.html` records of a comparison besides what `compare` knows: the command, the data, the body and the images' size"
+    from cosine_losses.openset import class_table
+    tab,x = class_table(dls),dls.valid.one_batch()[0]
+    n = {k: int(tab[k].sum()) for k in ('train', 'valid', 'unseen') if k in tab}
+    return {'command': cmd, 'data': f"{data or 'MNIST'}: {len(tab)} classes ({(tab.role == 'seen').sum()} seen), "
+                                    + ', '.join(f"{v} {k if k == 'unseen' else k + 'ing' if k == 'train' else 'validation'} images" for k,v in n.items()),
+            'architecture': (arch or "the paper's CNN") + (', pretrained' if pretrained else ', from random weights'),
+            'input size': ' × '.join(map(str, x.shape[1:]))}
+
 # %% ../nbs/09_cli.ipynb #8217f5c8
-@call_parse
+_SWEEP_EXAMPLES = """\
+  cosine-sweep --grid paper --epochs 20 --seeds 3 --out sweep      # the paper's Table 1, three seeds
+  cosine-sweep --m2 0.3 0.4 0.5 --m3 0 0.1 --epochs 5 --out mine   # a grid of your own
+  cosine-sweep --search 40 --epochs 5 --out search                 # TPE over m2 in [0, .8], m3 in [0, .5]
+  cosine-sweep --data photos/ --arch resnet18 --size 64 --seen 0.5 --m2 0.1 0.3 0.5 --rank map_at_r --out open  # open set, by MAP@R"""
+
+@_command(_SWEEP_EXAMPLES)
 def cosine_sweep(
     data:str=None, # IDX files or `mnist_png` (MNIST-like), an image folder (class folders, or train/ + valid/), or a CSV; default MNIST
     csv:str=None, # a CSV of images: fastai's layout (file, label[, is_valid]) or open-metric-learning's (path, label, split, ...)
@@ -105,7 +173,7 @@ def cosine_sweep(
     search:int=0, # instead of a grid, this many TPE trials over m2 ∈ [0, .8], m3 ∈ [0, .5]
     epochs:int=20, # epochs of `fit_one_cycle` per run
     seeds:int=3, # seeds per configuration
-    bs:int=256, # batch size
+    bs:int=None, # batch size; default 256, or lower to make 20 steps an epoch
     lr:float=3e-2, # maximum learning rate
     seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
     seen_seed:int=None, # choose the `--seen` count of classes at random with this seed (default: the first ones in name order)
@@ -118,6 +186,11 @@ def cosine_sweep(
     study:str=None, # study name; default from the grid and epochs
 ):
     "Run a margin sweep into an Optuna study (resumable, shareable between processes), then report it"
+    _fastai()
+    import optuna
+    from cosine_losses.learner import arch_from_name
+    from cosine_losses.sweep import GRIDS, margin_sweep, margin_search, product_grid, preset_config
+    from cosine_losses.report import sweep_report, sweep_results
     if grid is not None and grid not in GRIDS: raise ValueError(f"--grid must be one of {list(GRIDS)}, got {grid!r}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -133,18 +206,17 @@ def cosine_sweep(
     except KeyboardInterrupt: _interrupted(storage)
     summ = sweep_report(st, out, rank)
     print(summ.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
+    res = sweep_results(st)
+    for r in (res[res.failed] if len(res) else res).itertuples(): print(f'{r.config}, seed {r.seed} failed, not counted as a result: {r.why}')
     print(f'\nwrote {out}/summary.csv, runs.csv and plots; study {st.study_name!r} in {storage}')
 
 # %% ../nbs/09_cli.ipynb #9a11e002
-from fastcore.script import CliError
-from .gallery import Gallery, GalleryMismatch, enrol_folder, identify_folder, is_milvus_uri
-from .learner_gallery import load_model
-
 def _skipped(bad):
     if bad: print(f"skipped {len(bad)} unreadable image(s):\n" + '\n'.join(f'  {f}: {why}' for f,why in bad), file=sys.stderr)
 
 def _open_gallery(gallery:str, collection:str, replace:bool=False, must_exist:bool=False):
     "(gallery or None, where it is in words): a `Gallery` file, or a `MilvusGallery` at a Milvus URI"
+    from cosine_losses.gallery import Gallery, is_milvus_uri
     if not is_milvus_uri(gallery):
         if must_exist and not Path(gallery).is_file(): raise CliError(f"no gallery file {gallery}: run `cosine-gallery enrol` first")
         return (Gallery.load(gallery) if Path(gallery).exists() and not replace else None),gallery
@@ -155,7 +227,41 @@ def _open_gallery(gallery:str, collection:str, replace:bool=False, must_exist:bo
     if must_exist and not len(g): g.close(); raise CliError(f"no gallery {where}: run `cosine-gallery enrol` first")
     return g,where
 
-@call_parse
+def _load_model(model:str, cpu:bool):
+    "An ONNX model without torch or fastai (their import takes seconds, at every call), else `load_model`'s learner"
+    if Path(model).suffix.lower() == '.onnx' and Path(model).is_file():
+        from cosine_losses.embedder import OnnxEmbedder
+        return OnnxEmbedder(model)
+    _fastai()
+    import torch
+    from cosine_losses.learner_gallery import load_model
+    return load_model(model, cpu=cpu or not torch.cuda.is_available())
+
+def _class_images(folder:str) -> list:
+    "The images of `folder`, refused if any lies directly in it: enrol takes each image's class from its folder, and would name it after `folder`"
+    from cosine_losses.gallery import image_files
+    files = image_files(folder)
+    if flat := [f for f in files if f.parent == Path(folder)]:
+        raise CliError(f"{folder} has {len(flat)} images directly in it ({flat[0].name}, ...): enrol takes each image's class from the folder it is in; "
+                       f"put them in one folder per class, {Path(folder)/'<class>'}/, and enrol {folder} again")
+    return files
+
+def _check_far(g, where:str, far:float):
+    "Refuse a `far` the gallery's strangers cannot resolve, with the ways out in the command's own options"
+    if g.impostor is None: raise CliError(f"{where} is not calibrated, so --far has no threshold: enrol again with --calibrate FOLDER (images of "
+                                          "classes neither trained on nor enrolled) or with two classes at least, or pass --threshold")
+    n,need = len(g.impostor),math.ceil(10/far)
+    if far < g.smallest_far or n < need:
+        raise CliError(f"{where}: its {n} strangers cannot resolve FAR {far:g}; the smallest they resolve is {g.smallest_far:.3g}. Pass --far "
+                       f"{g.smallest_far:.3g} or larger, or --threshold, or enrol again with --calibrate FOLDER of {need} strangers at least "
+                       "(images of classes neither trained on nor enrolled)")
+
+_GALLERY_EXAMPLES = """\
+  cosine-gallery enrol model.pkl people/ --gallery people.gallery --calibrate others/  # people/<name>/*.jpg; others/: strangers' images
+  cosine-gallery identify model.pkl queries/ --gallery people.gallery --far 0.01 --out who.csv
+  cosine-gallery identify model.onnx queries/ --gallery people.gallery --threshold 0.5   # the same network as ONNX: no torch needed"""
+
+@_command(_GALLERY_EXAMPLES)
 def cosine_gallery(
     action:Annotated[str, "enrol: a folder of class folders into the gallery; identify: a folder of queries against it", {'choices': ['enrol', 'identify']}],
     model:str, # an exported learner (`learn.export`'s pickle) or an ONNX model (`learn.export_onnx`'s .onnx, no pickle)
@@ -171,18 +277,31 @@ def cosine_gallery(
     cpu:bool=False, # run on the CPU even if a GPU is there
 ):
     "Enrol labelled images into a gallery (a file, or Milvus), or identify query images against one at a chosen false-accept rate"
+    from cosine_losses.gallery import GalleryMismatch, enrol_folder, identify_folder, is_milvus_uri
     try:
-        m,name = load_model(model, cpu=cpu or not torch.cuda.is_available()),Path(model).name
         if action == 'enrol':
+            files = _class_images(folder) if Path(model).is_file() else None  # before the seconds of loading the model (`load_model` says it is missing)
+            m,name = _load_model(model, cpu),Path(model).name
             g,where = _open_gallery(gallery, collection, replace)
+            before = 0 if g is None or replace else len(g)
             try: g,bad = enrol_folder(m, folder, g, bs, calibrate=calibrate, name=name)
             except GalleryMismatch as e: raise CliError(f"{where}: {e}. Enrol into a new --gallery file{' or --collection' * is_milvus_uri(gallery)}, "
                                                         f"or pass --replace to start {where} anew") from None
             if not is_milvus_uri(gallery): g.save(gallery)  # Milvus has kept every row as it was upserted
-            _skipped(bad); print(f"enrolled {len(g)} images of {len(g.classes)} classes into {where}")
+            _skipped(bad)
+            ok = [f for f in files if f not in {Path(f) for f,_ in bad}]
+            n,old = len(ok),len(ok) - (len(g) - before)  # an image enrolled again (by its path in `folder`) replaces itself
+            print((f"nothing new: the {n} images of {folder} were all in {where} already (embedded again)" if n and old == n else
+                   f"enrolled {n} images of {len({f.parent.name for f in ok})} classes into {where}" + (f": {n-old} new, {old} already there (embedded again)" if old else ''))
+                  + (f"; it holds {len(g)} images of {len(g.classes)} classes" if before else ''))
+            if g.impostor is not None:
+                print(f"calibrated on {len(g.impostor)} strangers ({f'the images of {calibrate}' if calibrate else 'the enrolled images, each class a stranger to the others'}): "
+                      f"identify --far can go down to {g.smallest_far:.3g}; a smaller FAR f needs 10/f strangers (--calibrate)")
         else:
             if far is None and threshold is None: raise CliError("pass --far (a false-accept rate) or --threshold")
             g,where = _open_gallery(gallery, collection, must_exist=True)
+            if threshold is None: _check_far(g, where, far)  # before the seconds of loading the model
+            m,name = _load_model(model, cpu),Path(model).name
             try: df,bad = identify_folder(m, g, folder, threshold, far, bs, name=name)
             except GalleryMismatch as e: raise CliError(f"{where}: {e}. Identify with the "
                                                         f"model it was enrolled with, or enrol its images again with {model}") from None

@@ -26,12 +26,12 @@ def paper_table() -> pd.DataFrame:
 
 # %% ../nbs/07_report.ipynb #a2dc714a
 def sweep_results(study:optuna.Study) -> pd.DataFrame:
-    "One row per finished run: configuration, seed, final accuracy and open-set scores (%), and accuracy per epoch"
+    "One row per finished run: configuration, seed, final accuracy and open-set scores (%), accuracy per epoch, and whether (and why) it failed"
     rows = [dict(kind=t.params['kind'], preset=t.params.get('preset', ''), m1=t.params.get('m1', np.nan), m2=t.params.get('m2', np.nan), m3=t.params.get('m3', np.nan),
                  s=t.params.get('s', np.nan), seed=t.params.get('seed', 0), accuracy=t.value*100, epochs=len(t.user_attrs['accuracy']),
                  **{k: t.user_attrs[k][-1]*100 for k in OPEN_SET_KEYS if k in t.user_attrs},
                  per_epoch=[a*100 for a in t.user_attrs['accuracy']], sec_per_epoch=np.mean(t.user_attrs['seconds']),
-                 failed=bool(t.user_attrs.get('failed', [False])[-1]))  # `StuckRunWatch` saw it not learn
+                 failed=bool(t.user_attrs.get('failed', [False])[-1]), why=(t.user_attrs.get('why') or [''])[-1])  # why it counts as failed
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if 'accuracy' in t.user_attrs]
     df = pd.DataFrame(rows)
     if len(df): df['config'] = [_config(r) for r in df.itertuples()]

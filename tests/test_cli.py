@@ -100,3 +100,66 @@ def test_sweep_on_an_image_folder(tmp_path):
     summ = pd.read_csv(out/'summary.csv')
     assert len(summ) == 2 and summ.map_at_r.is_monotonic_decreasing and summ.map_at_r.between(0, 100).all()
     assert pd.read_csv(out/'classes.csv').unseen.tolist() == [0]*3 + [12]*3
+
+def test_help_has_examples_and_imports_neither_torch_nor_fastai():
+    for cmd in 'cosine-compare', 'cosine-sweep', 'cosine-gallery':
+        r = subprocess.run([_exe(cmd), '--help'], capture_output=True, text=True, env=ENV)
+        assert r.returncode == 0 and f'examples:\n  {cmd} ' in r.stdout, r.stdout[-1500:]
+    code = ("import sys; sys.argv = ['cosine-gallery', '--help']\nfrom cosine_losses.cli import cosine_gallery\ntry: cosine_gallery()\n"
+            "except SystemExit: pass\nprint([m for m in ('torch', 'fastai', 'optuna') if m in sys.modules])")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV)
+    assert r.stdout.strip().splitlines()[-1] == '[]', r.stdout[-500:] + r.stderr[-2000:]  # seconds of import for a --help (or an ONNX model)
+
+def test_compare_says_what_it_ran(tmp_path):
+    _fruit_folder(tmp_path/'fruit')
+    out = tmp_path/'out'
+    r = subprocess.run([_exe('cosine-compare'), '--data', str(tmp_path/'fruit'), '--arch', 'resnet18', '--size', '32', '--seen', '3', '--epochs', '1',
+                        '--seeds', '1', '--losses', 'softmax', '--sheet', '--out', str(out)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'batch size 8, not 256: 47 training images make 5 steps an epoch at 8, 0 at 256; --bs sets it' in r.stdout, r.stdout
+    assert '\r' not in r.stdout and 'train_loss' in r.stdout  # stdout is a pipe: the table of epochs, no progress bars
+    assert '| loss | seen validation accuracy % | unseen MAP@R % |' in r.stdout and '±' not in r.stdout, r.stdout  # one seed: no "± 0.00"
+    page = (out/'sheet.html').read_text()
+    assert '<title>softmax on fruit</title>' in page
+    for k,v in (('command', f"cosine-compare --data {tmp_path/'fruit'} --arch resnet18"), ('data', f"{tmp_path/'fruit'}: 6 classes (3 seen), 47 training"),
+                ('architecture', 'resnet18, from random weights'), ('input size', '3 × 32 × 32'), ('learning rate', '0.03'), ('epochs', '1'),
+                ('batch size', '8 (5 steps an epoch)'), ('seeds', '0'), ('cosine_losses', '0.')):
+        assert f'<tr><th>{k}</th><td>{v}' in page, (k, page[:3000])
+
+def test_compare_counts_a_handful_of_steps_as_failed(tmp_path, capsys):
+    from cosine_losses.cli import cosine_compare
+    _fruit_folder(tmp_path/'fruit')
+    cosine_compare(str(tmp_path/'fruit'), arch='resnet18', size=32, seen=['3'], losses=['softmax'], epochs=1, seeds=1, bs=32, out=str(tmp_path/'out'))
+    o,e = capsys.readouterr()
+    assert 'warning: --bs 32 leaves 1 step an epoch of 47 training images, too few to train well: try --bs 8 (5 steps)' in e, e
+    assert ('run 1/1: softmax, seed 0 failed, not counted as a result: 1 training step an epoch (47 images at batch size 32), too few to train: '
+            'lower the batch size') in o, o
+    assert '| softmax | did not learn | did not learn' in o and '0 (+1 failed)' in o, o
+
+def test_gallery_refuses_a_flat_folder_counts_what_is_new_and_names_the_smallest_far(tmp_path, capsys):
+    import shutil as sh
+    from fastai.vision.all import ImageDataLoaders, Resize
+    from fastcore.script import CliError
+    from cosine_losses.learner import cosine_learner
+    from cosine_losses.cli import cosine_gallery
+    synthetic_folder(tmp_path/'train', FRUIT[:3], n=4)
+    dls = ImageDataLoaders.from_folder(tmp_path/'train', valid_pct=.25, seed=0, item_tfms=Resize(32), bs=4)
+    cosine_learner(dls).export(tmp_path/'model.pkl')  # untrained: the messages are the point
+    people,flat,g = tmp_path/'people',tmp_path/'flat',str(tmp_path/'g.gallery')
+    files = synthetic_folder(people, FRUIT[3:6], n=4, seed=1)
+    flat.mkdir(); [sh.copy(f, flat/f'{f.parent.name}{f.name}') for f in files[:4]]
+    enrol = lambda folder: cosine_gallery('enrol', str(tmp_path/'model.pkl'), str(folder), gallery=g, cpu=True)
+    with pytest.raises(CliError, match=rf"{flat} has 4 images directly in it \(damson0.png, ...\): enrol takes each image's class from the folder it is in; "
+                                       rf"put them in one folder per class, {flat}/<class>/, and enrol {flat} again"): enrol(flat)
+    assert not Path(g).exists()  # refused before anything was written
+    capsys.readouterr(); enrol(people); o = capsys.readouterr().out
+    assert f'enrolled 12 images of 3 classes into {g}\n' in o, o
+    assert (f'calibrated on 12 strangers (the enrolled images, each class a stranger to the others): identify --far can go down to 0.833; '
+            'a smaller FAR f needs 10/f strangers (--calibrate)') in o, o
+    enrol(people); o = capsys.readouterr().out
+    assert f'nothing new: the 12 images of {people} were all in {g} already (embedded again); it holds 12 images of 3 classes' in o, o
+    synthetic_folder(people, ['grape'], n=4, seed=2); enrol(people); o = capsys.readouterr().out
+    assert f'enrolled 16 images of 4 classes into {g}: 4 new, 12 already there (embedded again); it holds 16 images of 4 classes' in o, o
+    with pytest.raises(CliError) as e: cosine_gallery('identify', str(tmp_path/'model.pkl'), str(people), gallery=g, far=.01)
+    assert str(e.value) == (f'{g}: its 16 strangers cannot resolve FAR 0.01; the smallest they resolve is 0.625. Pass --far 0.625 or larger, '
+                            'or --threshold, or enrol again with --calibrate FOLDER of 1000 strangers at least (images of classes neither trained on nor enrolled)')
