@@ -6,12 +6,15 @@ Docs: https://cosine-losses.github.io/cosine_losses/interpret.html.md"""
 
 # %% ../nbs/04f_interpret.ipynb #76ee51f5
 from __future__ import annotations
+import re, warnings
 from bisect import bisect_right
 from functools import cached_property
 from fastai.vision.all import *
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import det_curve, DetCurveDisplay
+from matplotlib.lines import Line2D
+from matplotlib.font_manager import FontProperties
 from .data import ImageRows
 from .openset import verification_pairs, pair_index, class_scores, identification_protocol, _check_emb
 from .gallery import threshold_at_far
@@ -239,6 +242,41 @@ def _errors(self:RecognitionInterpretation, far, n, genuine):
 # %% ../nbs/04f_interpret.ipynb #637ec62e
 def _ax(ax, figsize): return ax if ax is not None else plt.subplots(figsize=figsize)[1]
 
+def _fit(ax):
+    "Lay out the figure of a lone `ax` so that its labels, top axis and key stay in it; a grid is its maker's to lay out"
+    if ax.figure.get_layout_engine() is None and len(ax.figure.axes) == 1: ax.figure.tight_layout()
+    return ax
+
+def _short(name, width:int=20, lines:int=2) -> str:
+    "`name` in at most `lines` lines of `width` characters, broken after `_`, `-`, `.` or spaces; a longer one keeps its start and end"
+    s = str(name)
+    if len(s) <= width: return s
+    toks = [w[i:i+width] for w in re.findall(r'[^_\-.\s]*[_\-.\s]*', s) if w for i in range(0, len(w), width)]
+    rows = []
+    for t in toks:
+        if rows and len(rows[-1]) + len(t) <= width: rows[-1] += t
+        else: rows.append(t)
+    if len(rows) <= lines: return '\n'.join(r.strip() for r in rows)
+    n = width - 1 if lines > 1 else (width - 1)//2
+    tail = ''.join(_take(toks[::-1], n)[::-1])  # the end of a name tells its kin apart ('…_over_42'): it is kept
+    if len(tail) < n//2: tail = s[-n:]  # one long word: cut
+    if lines > 1: return '\n'.join([r.strip() for r in rows[:lines-1]] + ['…' + tail])
+    n = width - 1 - len(tail)
+    head = ''.join(_take(toks, n))
+    return (head if len(head) >= n//2 else s[:n]).rstrip() + '…' + tail
+
+def _take(toks, n:int) -> list:
+    "The first of `toks` that fit in `n` characters together"
+    out = []
+    for t in toks:
+        if sum(map(len, out)) + len(t) > n: break
+        out.append(t)
+    return out
+
+def _chars(inches:float, fontsize:float) -> int:
+    "How many characters of `fontsize` points fit in `inches` (a wide character is .62 of the font size)"
+    return max(4, int(inches*72/(.62*fontsize)))
+
 def _show(ax, img:np.ndarray, title:str, color=None):
     "Draw one picture, titled, framed in `color` (no frame when None)"
     grey = img.ndim == 2
@@ -269,27 +307,35 @@ def plot_top_matches(self:RecognitionInterpretation,
     if not len(cand): return _nothing("every query's best match is of its own class", ifnone(figsize, (4, 1)))
     pick = set(cand[np.linspace(0, len(cand)-1, min(n, len(cand))).round().astype(int)])  # spread over the data
     rows = df[df['query'].isin(pick)]
-    fig,axs = plt.subplots(len(pick), k+1, figsize=ifnone(figsize, (1.3*(k+1), 1.45*len(pick))), squeeze=False)
+    w = 1.3 if figsize is None else figsize[0]/(k+1)
+    name = {o:_short(o, _chars(.95*w, 8)) for o in {*rows.query_label, *rows.match_label}}  # wrapped to a picture's width
+    nl = 1 + max(o.count('\n') + 1 for o in name.values())
+    fig,axs = plt.subplots(len(pick), k+1, figsize=ifnone(figsize, (1.3*(k+1), (1.25 + .14*nl)*len(pick))), squeeze=False,
+                           layout='constrained')
     for row,(qi,g) in zip(axs, rows.groupby('query', sort=False)):
-        _show(row[0], self.picture(qi), f'query\n{g.query_label.iloc[0]}')
+        _show(row[0], self.picture(qi), f'query\n{name[g.query_label.iloc[0]]}')
         for ax,r in zip(row[1:], g.itertuples()):
-            _show(ax, self.picture(r.match), f'{r.match_label}\n{r.score:.3f}', _RIGHT if r.correct else _WRONG)
-    fig.tight_layout(pad=.3)
+            _show(ax, self.picture(r.match), f'{name[r.match_label]}\n{r.score:.3f}', _RIGHT if r.correct else _WRONG)
+    fig.get_layout_engine().set(w_pad=.02, h_pad=.02)
     return fig
 
 @patch
 def _plot_pairs(self:RecognitionInterpretation, df, what, far, ncols, figsize):
     _check_count(ncols=ncols)
     if not len(df): return _nothing(f"no {what} at FAR {far:g} (threshold {df.attrs['threshold']:.3f})", ifnone(figsize, (4, 1)))
-    nrows = -(-len(df)//ncols)
-    fig,axs = plt.subplots(nrows, 2*ncols, figsize=ifnone(figsize, (2.6*ncols, 1.6*nrows + .4)), squeeze=False)
-    for k,r in enumerate(df.itertuples()):
-        a,b = axs[k//ncols, 2*(k%ncols)],axs[k//ncols, 2*(k%ncols)+1]
-        _show(a, self.picture(r.a), f'{r.label_a}'); _show(b, self.picture(r.b), f'{r.label_b}')
-        a.set_xlabel(f'{r.score:.3f}', fontsize=8, loc='right')
-    for ax in axs.flat[2*len(df):]: ax.set_axis_off()
-    fig.suptitle(f"{what} at FAR {far:g}: cosine ≥ {df.attrs['threshold']:.3f} accepts", fontsize=10)
-    fig.tight_layout(pad=.3)
+    nrows,ncols = -(-len(df)//ncols),min(ncols, len(df))
+    w = 1.3 if figsize is None else figsize[0]/(2*ncols)
+    name = {o:_short(o, _chars(.9*w, 8)) for o in {*df.label_a, *df.label_b}}
+    nl = max(o.count('\n') + 1 for o in name.values())
+    fig = plt.figure(figsize=ifnone(figsize, (2.7*ncols, (1.45 + .14*nl)*nrows + .5)), layout='constrained')
+    # each pair in a frame of its own, its cosine on top: two pictures side by side read as one pair, not as neighbours
+    subs = fig.subfigures(nrows, ncols, squeeze=False, wspace=.03, hspace=.03, facecolor='.93', edgecolor='.55', linewidth=1)
+    for sf,r in zip(subs.flat, df.itertuples()):
+        a,b = sf.subplots(1, 2)
+        _show(a, self.picture(r.a), name[r.label_a]); _show(b, self.picture(r.b), name[r.label_b])
+        sf.suptitle(f'cosine {r.score:.3f}', fontsize=8)
+    for sf in subs.flat[len(df):]: sf.set_visible(False)
+    fig.suptitle(f"{what} at FAR {far:g}\n(cosine ≥ {df.attrs['threshold']:.3f} accepts)", fontsize=10)
     return fig
 
 @patch
@@ -330,7 +376,7 @@ def plot_scores(self:RecognitionInterpretation,
     if far is not None: t = self.threshold(far); ax.axvline(t, color='k', ls='--', label=f'threshold {t:.3f} (FAR {far:g})')
     ax.set(xlabel='cosine similarity', ylabel='density', yscale='log' if log else 'linear', title=ifnone(self.name, 'verification scores'))
     ax.legend(fontsize=8)
-    return ax
+    return _fit(ax)
 
 DET_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
@@ -374,16 +420,54 @@ def plot_det(self:RecognitionInterpretation,
         tf = noop
     else:
         line = DetCurveDisplay(fpr=fmr, fnr=fnmr, estimator_name=label).plot(ax=ax).line_
+        ax.set(xlabel='false match rate (FMR)', ylabel='false non-match rate (FNMR)')
         eps = np.finfo(np.float64).eps
         tf = lambda p: torch.special.ndtri(torch.as_tensor(np.clip(p, eps, 1-eps), dtype=torch.float64)).numpy()  # the display's axes
+    line.set_gid('det')
     pts = self.operating_points(fars)
-    x,y = tf(pts.fmr.values),tf(pts.fnmr.values)
-    ax.plot(x, y, 'o', color=line.get_color(), ms=4)
-    for xi,yi,f in zip(x, y, pts.far):
-        ax.annotate(f'{f:g}', (xi, yi), xytext=(3, 3), textcoords='offset points', fontsize=7, color=line.get_color())
+    ax.plot(tf(pts.fmr.values), tf(pts.fnmr.values), 'o', color=line.get_color(), ms=4)
+    _far_marks(ax, pts.far.values, tf)
+    _det_limits(ax, scale)
     ax.grid(alpha=.3, which='both')
-    if label is not None: ax.legend(fontsize=8)
-    return ax
+    if label is not None: ax.legend(fontsize=8, loc='lower left')  # a DET curve never passes there: few errors of both kinds
+    return _fit(ax)
+
+def _far_marks(ax, fars, tf):
+    "The operating points' FARs on a top axis, each once however many curves share `ax`, with a dotted line down to the curves"
+    sec = next((o for o in ax.child_axes if o.get_gid() == 'far'), None)
+    if sec is None: sec = ax.secondary_xaxis('top'); sec.set_gid('far'); sec.fars = set()
+    for f in sorted(set(fars) - sec.fars): ax.axvline(tf(f), color='.55', ls=':', lw=.8, gid='far')
+    sec.fars |= set(fars)
+    f = np.array(sorted(sec.fars))
+    e = np.round(np.log10(f)).astype(int)
+    sec.set_xticks(tf(f), [f'$10^{{{k}}}$' if np.isclose(o, 10.**k) else f'{o:g}' for o,k in zip(f, e)], fontsize=7)
+    sec.xaxis.set_minor_locator(plt.NullLocator())
+    sec.set_xlabel('operating points (FAR)', fontsize=7)
+
+_NORMAL_TICKS = np.array([1e-6, 1e-5, 1e-4, 1e-3, .01, .05, .2, .5, .8, .95, .99, .999])
+
+def _det_limits(ax, scale):
+    "Axes that start and end where the curves on `ax` do, not at a fixed rate"
+    lines = [o for o in ax.lines if o.get_gid() == 'det']
+    for k in 'xy':
+        v = np.concatenate([getattr(o, f'get_{k}data')() for o in lines]).astype(float)
+        if scale == 'log':
+            v = v[v > 0]
+            if len(v): getattr(ax, f'set_{k}lim')(v.min()/1.25, v.max()*1.25)
+        else:
+            v = v[np.isfinite(v) & (np.abs(v) < 8)]  # rates of 0 and 1 sit at ±8, eps's deviate: not data
+            if not len(v): continue
+            lo,hi = v.min() - .15,v.max() + .15
+            getattr(ax, f'set_{k}lim')(lo, hi)
+            px = (ax.bbox.width if k == 'x' else ax.bbox.height)/(hi - lo)  # pixels a unit of the deviate axis
+            fs = plt.rcParams['xtick.labelsize' if k == 'x' else 'ytick.labelsize']
+            h = FontProperties(size=fs).get_size_in_points()*ax.figure.dpi/72
+            locs,labs = [],[]
+            for t in _NORMAL_TICKS:  # the rates of scikit-learn's display and the decades below, as many as fit side by side
+                l,s = torch.special.ndtri(torch.tensor(t)).item(),f'{t*100:g}%'
+                fits = not locs or (l - locs[-1])*px >= (len(s)*.65 + 1 if k == 'x' else 1.3)*h
+                if lo <= l <= hi and fits: locs.append(l); labs.append(s)
+            getattr(ax, f'set_{k}ticks')(locs, labs)
 
 def _curves(interps) -> list:
     return list(interps.items()) if isinstance(interps, dict) else [(o.name, o) for o in interps]
@@ -426,7 +510,7 @@ def plot_cmc(self:RecognitionInterpretation,
     ax.set(xlabel='rank', ylabel='identification rate', ylim=(min(ax.get_ylim()[0], r[0] - .05), 1.01), title='CMC')
     ax.grid(alpha=.3)
     if label is not None: ax.legend(fontsize=8)
-    return ax
+    return _fit(ax)
 
 def plot_cmc_curves(
     interps, # as in `plot_det_curves`
@@ -443,28 +527,46 @@ def plot_embeddings(self:RecognitionInterpretation,
     method:str='pca', # 'pca' or 'tsne' (slower; neighbourhoods, not distances)
     n_ids:int=20, # identities drawn: a seeded sample when there are more
     per_id:int=50, # images of each identity drawn at most, a seeded sample; `None`: all
+    min_per_id:int=2, # identities with fewer images are left out: a lone point shows no cluster
     seed:int=0,
-    ax=None, figsize:tuple=(5, 5),
+    ax=None, figsize:tuple=None, # default 5 × 5 inches, wider with a key of the names
     **kwargs # passed to scikit-learn's `PCA` or `TSNE`
 ):
-    "A 2-d map of the embeddings, coloured by identity; classes not trained on (see `seen`) drawn as crosses"
+    "A 2-d map of the embeddings, a colour per identity and a key of their names up to 20; classes not trained on (see `seen`) as crosses"
     if method not in ('pca', 'tsne'): raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
-    _check_count(n_ids=n_ids, per_id=ifnone(per_id, 1))
-    codes,classes = self.codes.numpy(),np.unique(self.codes.numpy())
-    ids = classes if len(classes) <= n_ids else np.sort(np.random.default_rng(seed).choice(classes, n_ids, replace=False))
+    _check_count(n_ids=n_ids, per_id=ifnone(per_id, 1), min_per_id=min_per_id)
+    codes = self.codes.numpy()
+    classes,counts = np.unique(codes, return_counts=True)
+    big = classes[counts >= min_per_id]
+    if len(big) < 2:
+        msg = f"no map: {len(big)} of {len(classes)} identities have {min_per_id} images or more, and a map needs two"
+        warnings.warn(msg)
+        ax = _ax(ax, ifnone(figsize, (5, 5))); ax.text(.5, .5, _short(msg, 36, 4), ha='center', va='center', transform=ax.transAxes)
+        ax.set_axis_off(); return _fit(ax)
+    ids = big if len(big) <= n_ids else np.sort(np.random.default_rng(seed).choice(big, n_ids, replace=False))
     rng = np.random.default_rng(seed)
-    idx = np.concatenate([i if per_id is None or len(i) <= per_id else np.sort(rng.choice(i, per_id, replace=False))
-                          for i in (np.flatnonzero(codes == c) for c in ids)])
-    x = self.emb[idx].numpy()
+    idx = [i if per_id is None or len(i) <= per_id else np.sort(rng.choice(i, per_id, replace=False))
+           for i in (np.flatnonzero(codes == c) for c in ids)]
+    x = self.emb[np.concatenate(idx)].numpy()
     if method == 'pca': xy = PCA(2, random_state=seed, **kwargs).fit_transform(x)
     else: xy = TSNE(2, init='pca', random_state=seed, **{'perplexity': min(30., (len(x)-1)/3), **kwargs}).fit_transform(x)
     cmap = plt.get_cmap('tab10' if len(ids) <= 10 else 'tab20' if len(ids) <= 20 else 'turbo')
-    colour = cmap(np.searchsorted(ids, codes[idx])/max(len(ids)-1, 1) if len(ids) > 20 else np.searchsorted(ids, codes[idx]))
-    seen = np.ones(len(idx), bool) if self.seen is None else np.array([self.vocab[c] in self.seen for c in codes[idx]])
-    ax = _ax(ax, figsize)
-    for m,mk,nm in ((seen, 'o', 'seen in training'), (~seen, 'X', 'not seen in training')):
-        if m.any(): ax.scatter(*xy[m].T, c=colour[m], marker=mk, s=14, alpha=.8, label=nm if self.seen is not None else None)
+    key = len(ids) <= 20  # a key of 20 names is read; one of hundreds is not
+    ax = _ax(ax, ifnone(figsize, (7.5, 5) if key else (5, 5)))
+    ends = np.cumsum([0] + [len(i) for i in idx])
+    for k,c in enumerate(ids):
+        p,col = xy[ends[k]:ends[k+1]],cmap(k if len(ids) <= 20 else k/max(len(ids)-1, 1))
+        if len(p) <= 10:  # a few points joined to their centre: an identity reads as one, whatever its colour
+            m = p.mean(0); ax.plot(*np.stack([np.broadcast_to(m, p.shape), p], 1).reshape(-1, 2).T, color=col, lw=.7, alpha=.5)
+        unseen = self.seen is not None and self.vocab[c] not in self.seen
+        name = _short(self.vocab[c], 28, 2 if len(ids) <= 10 else 1) if key else None
+        ax.scatter(*p.T, color=col, marker='X' if unseen else 'o', s=14, alpha=.8, label=name)
     n_cls = f'{len(ids)} of {len(classes)} identities' if len(ids) < len(classes) else f'{len(ids)} identities'
-    ax.set(xticks=[], yticks=[], title=f"{method.upper()} of {len(idx)} embeddings, {n_cls}")
-    if self.seen is not None: ax.legend(fontsize=8)
-    return ax
+    left = f'\n{len(classes) - len(big)} with fewer than {min_per_id} images left out' if len(big) < len(classes) else ''
+    ax.set(xticks=[], yticks=[]); ax.set_title(f"{method.upper()} of {len(x)} embeddings, {n_cls}{left}", fontsize=10)
+    hs = ax.get_legend_handles_labels()[0] if key else []
+    if self.seen is not None:
+        hs += [Line2D([], [], color='.4', marker=mk, ls='', label=f'{nm} in training') for mk,nm in (('o', 'seen'), ('X', 'not seen'))]
+    if hs: ax.legend(handles=hs, fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1), frameon=False)
+    return _fit(ax)
+
