@@ -28,9 +28,14 @@ def chance_loss(loss_func, pred:Tensor, targ:Tensor, rows:int=64) -> float|None:
         with torch.no_grad(): return float(loss_func(torch.zeros(len(targ), pred.shape[1], device=pred.device), targ))
     except Exception: return None  # e.g. a loss that needs the feature norms
 
+def _pair_cosine(f:Tensor) -> Tensor:
+    "Mean cosine between distinct rows of unit vectors `f`: ‖Σf‖² counts each pair twice, plus each row once"
+    n = len(f)
+    return ((f.sum(0)**2).sum() - n)/max(n*(n - 1), 1)
+
 class StuckRunWatch(Callback):
     "Warn once, with the numbers and what to try, when a run is at chance, sinks at full margins, memorises, or collapses to one direction"
-    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes', 'prev', 'chance', 'at_chance')  # after the step; a `Checkpoint` resume goes on watching
+    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes', 'prev', 'chance', 'at_chance', 'told')  # after the step; a `Checkpoint` resume goes on watching
     def __init__(self,
         factor:float=2., # stuck if the training accuracy is at most `factor` × chance (1/number of classes; with few classes, chance + 10 %)...
         until:float=.3, # ...at the end of any epoch from the first that completes this share of training on
@@ -41,7 +46,7 @@ class StuckRunWatch(Callback):
 
     def before_fit(self):
         self.stuck,self.active,self.loss0,self.hook = None,not hasattr(self.learn, 'lr_finder'),float('nan'),None
-        self.prev,self.chance,self.at_chance = None,None,False
+        self.prev,self.chance,self.at_chance,self.told = None,None,False,False
         if self.active: self.hook = get_model(self.learn.model)[-1].register_forward_pre_hook(lambda m,i: setattr(self, 'feats', i[0]))  # DDP too
     def after_fit(self):
         if self.hook is not None: self.hook.remove()
@@ -50,15 +55,17 @@ class StuckRunWatch(Callback):
 
     def after_batch(self):
         if not self.active or self.stuck is not None or not len(self.yb): return
-        if not self.training:
-            x = torch.stack([(self.pred.argmax(1) == self.yb[0]).float().sum(), self.pred.new_tensor(len(self.yb[0]), dtype=torch.float)])
-            self.vsums = x if self.vsums is None else self.vsums + x
+        if not self.training:  # evaluation mode: what `get_embeddings` and a gallery see, BatchNorm's running statistics and all
+            with torch.no_grad():
+                f,n = F.normalize(self.feats.float(), dim=1),len(self.yb[0])
+                x = torch.stack([(self.pred.argmax(1) == self.yb[0]).float().sum(), f.new_tensor(n), _pair_cosine(f)*n])
+            self.vsums,self.feats = x if self.vsums is None else self.vsums + x,None
             return
         if self.iter == self.n_iter - 1: self.chance = chance_loss(self.learn.loss_func, self.pred, self.yb[0])  # at this epoch's last margins
         if self.iter < self.n_iter//2: return  # the epoch's second half says where it ended, its first where it began
         with torch.no_grad():
             f,n = F.normalize(self.feats.float(), dim=1),len(self.yb[0])
-            pair = ((f.sum(0)**2).sum() - n)/max(n*(n - 1), 1)  # mean cosine over distinct pairs: ‖Σf‖² counts each pair twice, plus n
+            pair = _pair_cosine(f)
             x = torch.stack([(self.pred.argmax(1) == self.yb[0]).float().sum(), pair*n, self.loss.detach().float()*n, pair.new_tensor(n)])
         self.sums,self.feats = x if self.sums is None else self.sums + x,None  # on the device: no host synchronisation per batch
         self.n_classes = self.pred.shape[1]
@@ -66,7 +73,7 @@ class StuckRunWatch(Callback):
     def after_epoch(self):
         if not self.active or self.stuck is not None or self.sums is None: return
         (hits,pair,loss),n = (self.sums[:3]/self.sums[3]).tolist(),self.sums[3].item()
-        valid = None if self.vsums is None else (self.vsums[0]/self.vsums[1]).item()
+        valid,vpair = (None,None) if self.vsums is None else (self.vsums[0]/self.vsums[1]).item(),(self.vsums[2]/self.vsums[1]).item()
         if self.epoch == 0: self.loss0 = loss
         done = (self.epoch + 1)/self.n_epoch >= self.until - 1e-9
         judge = done and n >= min(10*self.n_classes, 1000)  # else too few images to tell
@@ -74,17 +81,22 @@ class StuckRunWatch(Callback):
         near = min(self.factor*chance, chance + (1 - chance)/10)  # with 3 classes 2× chance (67 %) would be far from chance
         full = self.epoch/self.n_epoch >= self.until - 1e-9  # begun with the margins full (`MarginWarmup` ramps over the same share)
         at_chance,last = judge and hits <= near,self.epoch == self.n_epoch - 1
-        kind = ('collapsed' if pair > self.collapse else 'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one
+        if done and not judge and not self.told:
+            self.told = True
+            warnings.warn(f"StuckRunWatch cannot tell chance from learning on {n:.0f} training images in half an epoch ({min(10*self.n_classes, 1000)} "
+                          f"needed with {self.n_classes} classes); it watches for collapse, a sinking loss and memorising only", stacklevel=2)
+        kind = ('collapsed' if pair > self.collapse or done and vpair is not None and vpair > self.collapse else 'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one
                 'sinking' if full and self.chance is not None and self.prev is not None and loss >= max(self.prev, self.sink*self.chance) else
                 'memorising' if done and valid is not None and hits >= max(.1, self.memorise*valid) else None)
-        if kind: self._warn(kind, hits, valid, chance, pair, loss)
+        if kind: self._warn(kind, hits, valid, chance, pair, vpair, loss)
         self.prev,self.at_chance = loss,at_chance
 
-    def _warn(self, kind, acc, valid, chance, pair, loss):
-        self.stuck = dict(kind=kind, epoch=self.epoch + 1, accuracy=acc, valid_accuracy=valid, chance=chance, pair_cosine=pair,
+    def _warn(self, kind, acc, valid, chance, pair, vpair, loss):
+        self.stuck = dict(kind=kind, epoch=self.epoch + 1, accuracy=acc, valid_accuracy=valid, chance=chance, pair_cosine=pair, valid_pair_cosine=vpair,
                           loss_first_epoch=self.loss0, loss=loss, chance_loss=self.chance)
         lf,C = self.learn.loss_func,self.n_classes
-        what = dict(collapsed=lambda: f"every image is embedded in nearly one direction (mean cosine between a batch's embeddings {pair:.2f})",
+        what = dict(collapsed=lambda: f"every image is embedded in nearly one direction (mean cosine between a batch's embeddings {pair:.2f} in "
+                                      f"training" + (f", {vpair:.2f} in validation)" if vpair is not None else ")"),
                     chance=lambda: f"the training accuracy is {acc:.2%}, {acc/chance:.1f}× chance (1/{C})",
                     sinking=lambda: f"the loss is rising ({self.prev:.3g} → {loss:.3g}), as high as a model that knows nothing gets ({self.chance:.3g})",
                     memorising=lambda: f"it memorises its training images: {acc:.1%} of them right, but {valid:.1%} of the validation images ({C} classes)")[kind]()
