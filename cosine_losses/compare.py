@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/compare.html.md"""
 
 # %% ../nbs/05_compare.ipynb #a526f3e4
 from __future__ import annotations
-import base64, contextlib, html, random, shutil, time
+import base64, contextlib, html, math, random, shutil, sys, time
 from fastai.vision.all import *
 from .losses import check_margins
 from .family import FAMILY_PRESETS
@@ -14,6 +14,8 @@ from .learner import cosine_learner, softmax_learner
 from .data import mnist_dls
 from .openset import OpenSetDataLoaders, OpenSetMetrics, OPEN_SET_KEYS, tar_at_far, plot_roc
 from .checkpoint import Checkpoint
+from fastprogress.fastprogress import IN_NOTEBOOK
+import cosine_losses
 
 # %% auto #0
 __all__ = ['PRESETS', 'FAR_GRID', 'parse_loss', 'EpochTimer', 'make_learner', 'train_one', 'NoFallbackLoss', 'summarize',
@@ -56,21 +58,49 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, pretraine
     if not cfg.pop('fallback', 1.): kwargs['loss_func'] = NoFallbackLoss(**{k: v for k,v in cfg.items() if k != 'warmup'})
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **cfg, **kwargs)
 
-def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None, quiet:bool=False,
+def _bars() -> bool:
+    "Whether progress bars have a screen: a notebook or a terminal, not a file or pipe (fastprogress asks `stdout.isatty` without calling it)"
+    return IN_NOTEBOOK or sys.stdout.isatty()
+
+class _PlainLog:
+    "fastprogress's table of epochs, printed as it comes without progress bars, whose carriage returns fill a log file"
+    def __init__(self, learn): self.learn,self.w = learn,None
+    def __call__(self, log):
+        if self.w is None:
+            names = self.learn.recorder.metric_names; self.w = [max(len(n), 8) for n in names]
+            print('  '.join(f'{n:<{w}}' for n,w in zip(names, self.w)), flush=True)
+        print('  '.join(f'{v:<{w}.6f}' if isinstance(v, float) else f'{str(v):<{w}}' for v,w in zip(log, self.w)), flush=True)
+
+def _why_failed(learn, rows, watch) -> str:
+    "Why a run is a failure of the recipe rather than a result ('' if it is not): a handful of steps an epoch, an exploding loss, or `watch`'s verdict"
+    dl,lnc = learn.dls.train,math.log(max(learn.dls.c, 2))
+    if len(dl) < 5: return f"{len(dl)} training step{'s'*(len(dl) != 1)} an epoch ({dl.n} images at batch size {dl.bs}), too few to train: lower the batch size"
+    vl = rows['valid_loss'].to_numpy(float) if 'valid_loss' in rows else np.zeros(1)
+    if not np.isfinite(vl).all(): return f"the validation loss is not finite (epoch {int(np.argmin(np.isfinite(vl)))+1}): lower the learning rate"
+    if vl[-1] > 100*max(lnc, 1) or vl[-1] > max(100*vl[0], lnc):  # a model that knows nothing scores ln C
+        return (f"the validation loss exploded ({vl[0]:.3g} after epoch 1, {vl[-1]:.3g} at the end; one that knows nothing scores ln C = {lnc:.2f}): "
+                "lower the learning rate or raise the batch size")
+    if watch is not None and watch.stuck is not None: return f"not learning: {watch.stuck['kind']} after epoch {watch.stuck['epoch']} (see the warning)"
+    return ''
+
+def train_one(dls, loss:str='arcface', epochs:int=5, seed:int=0, lr:float=3e-2, cbs=None,
+              quiet:bool=False, # neither progress bars nor the table of epochs
               checkpoint=None, # folder for a `Checkpoint` after every epoch: the same call again after a kill resumes there
+              bar:bool=None, # progress bars; default where they have a screen (a notebook or terminal), else the table of epochs alone
               **kwargs) -> pd.DataFrame:
-    "Train `loss` with `fit_one_cycle` from `seed`; a row per epoch with losses, metrics (open-set ones for `open_set_dls`) and seconds"
+    "Train `loss` with `fit_one_cycle` from `seed`; a row per epoch with losses, metrics (open-set ones for `open_set_dls`), seconds, and why it failed"
     set_seed(seed, reproducible=True)
     for dl in dls.loaders: dl.rng = random.Random(seed)  # fastai's loaders shuffle with their own generator
     learn,timer = make_learner(dls, loss, **kwargs),EpochTimer()
     open_set = [OpenSetMetrics(metrics='all')] if isinstance(dls, OpenSetDataLoaders) else []
     with contextlib.ExitStack() as quieted:
         if quiet: quieted.enter_context(learn.no_bar()); quieted.enter_context(learn.no_logging())
+        elif not ifnone(bar, _bars()): quieted.enter_context(learn.no_bar()); learn.logger = _PlainLog(learn)
         learn.fit_one_cycle(epochs, lr, cbs=[timer, *open_set, *L(cbs), *([Checkpoint(path=checkpoint)] if checkpoint else [])])
     vals = pd.DataFrame(np.array(learn.recorder.values, dtype=float), columns=learn.recorder.metric_names[1:-1])
-    watch = getattr(learn, 'stuck_run_watch', None)  # a run that never learned is reported as failed, not as a result
-    rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(
-        seconds=timer.times, failed=watch is not None and watch.stuck is not None)
+    rows = pd.DataFrame(dict(loss=loss, seed=seed, epochs=epochs, lr=lr, epoch=np.arange(1, epochs+1))).join(vals).assign(seconds=timer.times)
+    why = _why_failed(learn, rows, getattr(learn, 'stuck_run_watch', None))  # a run that never learned is reported as failed, not as a result
+    rows = rows.assign(failed=bool(why), why=why)
     if open_set: rows.attrs.update(roc=open_set[0].roc, cmc=open_set[0].cmc); rows['notes'] = open_set[0].notes
     return rows
 
@@ -109,13 +139,14 @@ _SHOWN = dict(map_at_r='MAP@R', precision_at_1='P@1', r_precision='R-precision',
               rank_1='rank-1', **{'dir_at_far_1e-2': 'DIR@FAR=1e-2'})
 def format_summary(summ:pd.DataFrame) -> str:
     "The summary as a markdown table (open-set columns when present; n/a where a FAR is not resolved), the protocol and each n/a's reason below"
-    pm = lambda m,s: 'n/a' if np.isnan(m) else f'{m:.2f} ± {s:.2f}'
+    pm = lambda m,s,n: 'n/a' if np.isnan(m) else f'{m:.2f}' if n < 2 else f'{m:.2f} ± {s:.2f}'  # one seed has no spread to show
     os_cols = [c for c in _SHOWN if c in summ]
     failed = summ['failed'] if 'failed' in summ else pd.Series(0, index=summ.index)
-    head = ['loss', 'test accuracy % (mean ± std)', *(f'unseen {_SHOWN[c]} %' for c in os_cols), 'seeds', 's / epoch']
+    acc = ('seen ' if os_cols else '') + 'validation accuracy %' + (' (mean ± std)' if (summ.n > 1).any() else '')  # what it is: no test set is held out
+    head = ['loss', acc, *(f'unseen {_SHOWN[c]} %' for c in os_cols), 'seeds', 's / epoch']
     lines = ['| ' + ' | '.join(head) + ' |', '|---'*len(head) + '|']
     lines += ['| ' + ' | '.join([str(l), *(['did not learn']*(1 + len(os_cols)) if r.n == 0 else
-                                             [pm(r.accuracy, r['std']), *(pm(r[c], r[f'{c}_std']) for c in os_cols)]),
+                                             [pm(r.accuracy, r['std'], r.n), *(pm(r[c], r[f'{c}_std'], r.n) for c in os_cols)]),
                                  f'{int(r.n)}' + (f' (+{int(k)} failed)' if k else ''), f'{r.sec_per_epoch:.1f}']) + ' |'
               for (l,r),k in zip(summ.iterrows(), failed)]
     notes = dict.fromkeys(n for s in summ.get('notes', pd.Series(dtype=str)).dropna() for n in s.split('; ') if n)
@@ -131,7 +162,7 @@ def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=Non
         m,s = g.mean()*100,g.std(ddof=1).fillna(0)*100
         ax.plot(m.index, m, marker='o', color=color, label=f'{loss} (n={df.seed.nunique()})')
         ax.fill_between(m.index, m-s, m+s, color=color, alpha=.15)
-    name = 'test accuracy' if metric == 'accuracy' else f'unseen {_SHOWN.get(metric, metric)}'
+    name = ('seen ' if 'map_at_r' in res else '') + 'validation accuracy' if metric == 'accuracy' else f'unseen {_SHOWN.get(metric, metric)}'
     ax.set(xlabel='epoch', ylabel=f'{name} %', title=ifnone(title, f'{name[0].upper()}{name[1:]} per epoch')); ax.grid(alpha=.3); ax.legend()
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return ax.figure
@@ -179,7 +210,10 @@ def plot_cmc_compare(cmc:pd.DataFrame, ax=None):
 def _append(df, csv): df.to_csv(csv, mode='a', header=not csv.exists(), index=False)
 
 def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:int=3, lr:float=3e-2, out='cosine_compare',
-            quiet:bool=False, sheet:bool=False, **kwargs) -> pd.DataFrame:
+            quiet:bool=False, sheet:bool=False,
+            about:dict=None, # what `sheet.html` records of the run besides what `compare` knows (e.g. the command line, the data, the body)
+            title:str=None, # of `sheet.html`
+            **kwargs) -> pd.DataFrame:
     "Train each of `losses` from `seeds` seeds; resume from and append to `out/epochs.csv`, the run in flight from its last epoch; write the summary and plots"
     for l in losses: parse_loss(l)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -191,9 +225,10 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
         print(f'run {i+1}/{len(todo)}: {loss}, seed {seed}', flush=True)
         ck = out/'checkpoints'/'_'.join(map(str, key(loss, seed)))  # the run's epochs so far: a killed compare resumes it there
         rows = train_one(dls, loss, epochs, seed, lr, quiet=quiet, checkpoint=ck, **kwargs).assign(bs=bs)
-        if rows.failed.iloc[-1]: print(f'run {i+1}/{len(todo)}: {loss}, seed {seed} did not learn: counted as failed, not as a result', flush=True)
+        if rows.failed.iloc[-1]: print(f'run {i+1}/{len(todo)}: {loss}, seed {seed} failed, not counted as a result: {rows.why.iloc[-1]}', flush=True)
         head = list(pd.read_csv(csv, nrows=0).columns) if csv.exists() else list(rows.columns)  # append in the file's own columns
-        if 'failed' not in head: pd.read_csv(csv).assign(failed=False).to_csv(csv, index=False); head.append('failed')  # older files
+        for c,v in (('failed', False), ('why', '')):  # files written before runs were watched, or before they said why
+            if c not in head: pd.read_csv(csv).assign(**{c: v}).to_csv(csv, index=False); head.append(c)
         if 'roc' in rows.attrs:  # written first: a run counts as done once its epochs are in epochs.csv
             _append(roc_rows(*rows.attrs['roc']).assign(**dict(zip(_KEY, key(loss, seed)))), out/'roc.csv')
         if rows.attrs.get('cmc') is not None: _append(cmc_rows(rows.attrs['cmc']).assign(**dict(zip(_KEY, key(loss, seed)))), out/'cmc.csv')
@@ -212,7 +247,11 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
         plot_det_compare(roc).savefig(out/'det.png', dpi=120, bbox_inches='tight')
         if (out/'cmc.csv').exists(): plot_cmc_compare(sel(pd.read_csv(out/'cmc.csv'))).savefig(out/'cmc.png', dpi=120, bbox_inches='tight')
     plt.close('all')
-    if sheet: write_sheet(out, summ)
+    if sheet:
+        about = {**(about or {}), 'losses': ', '.join(losses), 'epochs': epochs, 'learning rate': f'{lr:g} (one-cycle peak)',
+                 'batch size': f'{bs} ({len(dls.train)} steps an epoch)', 'seeds': ', '.join(map(str, range(seeds))),
+                 **{k: v for k,v in kwargs.items() if k == 'emb_size'}, 'cosine_losses': cosine_losses.__version__}
+        write_sheet(out, summ, title, about)
     return summ
 
 def _md_table(md:str) -> str:
@@ -226,8 +265,9 @@ def write_sheet(
     out, # a `compare` folder
     summ:pd.DataFrame=None, # its summary; default read from `summary.csv`
     title:str=None, # default the folder's name
+    about:dict=None, # what the run was, as `compare` records it: the command, the data, the body, the learning rate, ...
 ) -> Path:
-    "One self-contained HTML page of a comparison: the summary table, its notes, and every figure (embedded), to look at without a notebook"
+    "One self-contained HTML page of a comparison: what was run, the summary table, its notes, and every figure (embedded), to look at without a notebook"
     out = Path(out)
     summ = summ if summ is not None else pd.read_csv(out/'summary.csv', index_col='loss')
     md = format_summary(summ)
@@ -237,7 +277,10 @@ def write_sheet(
     title = html.escape(ifnone(title, out.resolve().name))
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>body{{font-family:sans-serif;margin:2em}}'
             'table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}td{white-space:nowrap}img{max-width:48%;float:left}'
-            f'figure{{margin:0}}</style></head><body><h1>{title}</h1>{_md_table(md)}'
+            'table.about td{text-align:left}'
+            f'figure{{margin:0}}</style></head><body><h1>{title}</h1>'
+            + ('<table class="about">' + ''.join(f'<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>' for k,v in (about or {}).items())
+               + '</table><p></p>' if about else '') + _md_table(md)
             + (('<ul>' + ''.join(f'<li>{html.escape(n)}</li>' for n in notes) + '</ul>') if notes else '')
             + ''.join(img(f) for f in figs) + '</body></html>')
     (out/'sheet.html').write_text(page)
