@@ -478,9 +478,12 @@ def plot_metrics(self:Recorder,
 
 # %% ../nbs/04a_openset.ipynb #cce4b9c0
 def plot_roc(rocs:dict, ax=None, title='Verification ROC, unseen classes'):
-    "ROC curves {label: (fpr, tpr)} with a log false-accept axis"
+    "ROC curves {label: (fpr, tpr)} with a log false-accept axis that starts where the data do"
     if ax is None: _,ax = plt.subplots(figsize=(5, 4))
     colors = plt.cm.tab10.colors if len(rocs) <= 10 else plt.cm.tab20.colors
-    for (k,(fpr,tpr)),color in zip(rocs.items(), colors): ax.plot(np.maximum(fpr, 1e-6), tpr, color=color, label=k)
-    ax.set(xscale='log', xlim=(1e-5, 1), xlabel='false accept rate', ylabel='true accept rate', title=title); ax.grid(alpha=.3); ax.legend()
+    lo = 1.
+    for (k,(fpr,tpr)),color in zip(rocs.items(), colors):
+        fpr,tpr = np.asarray(fpr),np.asarray(tpr); m = fpr > 0  # a rate of 0 has no place on a log axis
+        ax.plot(fpr[m], tpr[m], color=color, label=k); lo = min(lo, fpr[m].min(initial=1.))
+    ax.set(xscale='log', xlim=(lo/1.25, 1), xlabel='false accept rate', ylabel='true accept rate', title=title); ax.grid(alpha=.3); ax.legend()
     return ax.figure
