@@ -59,7 +59,7 @@ def _seen(vals):
 
 def load_data(data=None, csv=None,
               bs:int=None, # default the largest power of 2 up to 256 that leaves `_STEPS` steps an epoch
-              seen=(), seen_seed=None, unseen_split='valid', size=None, augment=False, valid_pct=.2, n_train=None, n_valid=None, out=None):
+              seen=(), seen_seed=None, unseen_split='auto', size=None, augment=False, valid_pct=.2, n_train=None, n_valid=None, out=None):
     "`load_dls` of the command's arguments, at a batch size that trains (`batch_size`); prints the classes and writes them to `out/classes.csv`"
     from cosine_losses.openset import load_dls, class_table
     if data is not None and csv is not None: raise ValueError("give --data or --csv, not both")
@@ -118,7 +118,7 @@ def cosine_compare(
     emb_size:int=128, # embedding size (both learners)
     seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
     seen_seed:int=None, # choose the `--seen` count of classes at random with this seed (default: the first ones in name order)
-    unseen_split:str='valid', # unseen classes' images to score: 'valid' (the held-out ones) or 'all' (none is trained on)
+    unseen_split:str='auto', # unseen images scored: 'valid' (held out), 'all' (none trained on), 'auto' (held out if 100 pairs)
     n_train:int=None, # use only the first `n_train` training images (quick runs)
     n_valid:int=None, # use only the first `n_valid` test images
     out:str='cosine_compare', # folder for epochs.csv, summary.csv and the plots
@@ -177,7 +177,7 @@ def cosine_sweep(
     lr:float=3e-2, # maximum learning rate
     seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
     seen_seed:int=None, # choose the `--seen` count of classes at random with this seed (default: the first ones in name order)
-    unseen_split:str='valid', # unseen classes' images to score: 'valid' (the held-out ones) or 'all' (none is trained on)
+    unseen_split:str='auto', # unseen images scored: 'valid' (held out), 'all' (none trained on), 'auto' (held out if 100 pairs)
     rank:str=None, # order the report by 'accuracy' or an open-set score such as 'map_at_r'; default by configuration
     n_train:int=None, # use only the first `n_train` training images (quick runs)
     n_valid:int=None, # use only the first `n_valid` test images
