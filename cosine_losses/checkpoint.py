@@ -10,10 +10,9 @@ import os, random, re
 import torch.distributed as dist
 from fastai.vision.all import *
 from fastai.callback.tracker import TrackerCallback
-from fastai.distributed import DistributedDL
 from .learner import loss_state
 from .callbacks import MarginScheduler
-from .openset import OpenSetMetrics
+from .data import _is_instance  # not `fastai.distributed` nor `openset`: they import accelerate, tqdm.auto, sklearn, faiss
 
 # %% auto #0
 __all__ = ['random_states', 'set_random_states', 'resume_at', 'Checkpoint']
@@ -30,7 +29,7 @@ def set_random_states(s:dict):
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'].cpu())  # `.cpu()`: loaded onto a GPU
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all([t.cpu() for t in s['cuda']])
 
-def _shuffler(dl): return dl.dl if isinstance(dl, DistributedDL) else dl  # `DistributedDL` shuffles with its inner loader's `rng`
+def _shuffler(dl): return dl.dl if _is_instance(dl, 'fastai.distributed.DistributedDL') else dl  # shuffles with its inner loader's `rng`
 
 def resume_at(dl:DataLoader, k:int, states:dict=None):
     "The next pass over `dl` starts at its batch `k`, unread batches skipped; `states` (`random_states`) are put back before it reads an item"
@@ -47,11 +46,12 @@ def resume_at(dl:DataLoader, k:int, states:dict=None):
 
 # %% ../nbs/04e_checkpoint.ipynb #e4c0000b
 _CB_STATE = {Recorder: ('lrs', 'iters', 'losses', 'values', 'smooth_loss'), ParamScheduler: ('hps',), MarginScheduler: ('hps',),
-             TrackerCallback: ('best', 'wait'), OpenSetMetrics: ('scores', 'roc')}
+             TrackerCallback: ('best', 'wait'),
+             'cosine_losses.openset.OpenSetMetrics': ('scores', 'roc')}  # by name: if openset was never imported, no callback is one
 
 def _cb_state(cb) -> dict:
     "What `cb` has accumulated in the fit: the attributes `_CB_STATE` or its own `_ckpt_attrs` name"
-    names = [*getattr(cb, '_ckpt_attrs', ()), *(a for t,o in _CB_STATE.items() if isinstance(cb, t) for a in o)]
+    names = [*getattr(cb, '_ckpt_attrs', ()), *(a for t,o in _CB_STATE.items() if _is_instance(cb, t) for a in o)]
     return {k: cb.__dict__[k] for k in names if k in cb.__dict__}
 
 def _set_cb_state(cb, state:dict):

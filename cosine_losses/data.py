@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/data.html.md"""
 
 # %% ../nbs/03_data.ipynb #fda9ee0a
 from __future__ import annotations
-import gzip, math, os, struct, tempfile, warnings, zlib
+import gzip, math, os, struct, sys, tempfile, warnings, zlib
 from collections import namedtuple
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -357,7 +357,7 @@ def folder_dls(
     block = DataBlock((ImageBlock(_img_cls(files[0])), CategoryBlock), get_items=lambda _: files,
                       get_y=parent_label, splitter=GrandparentSplitter(train, valid) if split else RandomSplitter(valid_pct, seed=seed),
                       **_dls_kwargs(files[0], size, augment))
-    return block.dataloaders(path, bs=bs, num_workers=num_workers, **kwargs)
+    return block.dataloaders(path, path=path, bs=bs, num_workers=num_workers, **kwargs)  # `dls.path`: saves go there, as `from_folder`
 
 OML_COLUMNS = 'path','label','split','is_query','is_gallery'
 
@@ -392,7 +392,7 @@ def csv_dls(
     first = pref + fns.iloc[0]
     block = DataBlock((ImageBlock(_img_cls(first)), CategoryBlock), get_x=ColReader(fn_col, pref=pref), get_y=ColReader(label_col),
                       splitter=splitter, **_dls_kwargs(first, size, augment))
-    return block.dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
+    return block.dataloaders(df, path=root, bs=bs, num_workers=num_workers, **kwargs)  # `dls.path`: the images' folder, as `from_csv`
 
 
 # %% ../nbs/03_data.ipynb #3b7e5d29
@@ -413,3 +413,10 @@ def synthetic_folder(
             a = rng.integers(0, 60, (*rng.integers(*sizes, 2), 3), dtype=np.uint8); a[:12, 2*i:2*i+8, i % 3] = 250
             files.append(Path(path)/c/f'{j}.png'); Image.fromarray(a).convert(mode).save(files[-1])
     return files
+
+# %% ../nbs/03_data.ipynb #09b191df
+def _is_instance(o, cls) -> bool:
+    "`isinstance(o, cls)`, `cls` a class or named 'module.C' to spare importing its module: before it is imported nothing is a `C`"
+    if isinstance(cls, type): return isinstance(o, cls)
+    mod,_,name = cls.rpartition('.')
+    return (m := sys.modules.get(mod)) is not None and isinstance(o, getattr(m, name))

@@ -8,6 +8,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/learner.html.md"""
 from __future__ import annotations
 from fastai.vision.all import *
 import torchvision
+from urllib.error import URLError
 from fastai.vision.learner import _default_meta, _add_norm, _timm_norm
 from .losses import CombinedMarginLoss
 from .heads import ArcFaceHead
@@ -32,6 +33,21 @@ def paper_embedding(nf:int=64, emb_size:int=128) -> nn.Sequential:
     "The book's last conv layer, to `emb_size` features, pooled and flattened"
     return nn.Sequential(ConvLayer(nf, emb_size, stride=2, act_cls=None), nn.AdaptiveAvgPool2d(1), Flatten())
 
+# %% ../nbs/02_learner.ipynb #64df3789
+def _weights_file(arch, weights='DEFAULT'):
+    "torchvision's `weights` of `arch` (a builder or a name) and the file `torch.hub` keeps them in (under TORCH_HOME); `None` for others"
+    try: w = torchvision.models.get_model_weights(arch).verify(weights)
+    except (ValueError, KeyError, AttributeError): return None
+    return w,Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
+
+def _missing_weights(arch, weights, problem:str, scratch:str="pass `pretrained=False`") -> str|None:
+    "The learners' and the commands' message on pretrained weights not in the cache: the `problem`, where they go, the ways out"
+    if (wf := _weights_file(arch, weights)) is None: return None
+    (w,f),name = wf,arch if isinstance(arch, str) else arch.__name__
+    return (f"pretrained weights of {name} ({w}) {problem}. torchvision keeps them in {f.parent} (under TORCH_HOME): "
+            f"put {f.name} there (from {w.url}), or {scratch} to train from scratch")
+
+
 # %% ../nbs/02_learner.ipynb #25de8960
 @delegates(create_vision_model, but=['n_out', 'custom_head', 'y_range'])
 def cosine_model(
@@ -46,7 +62,12 @@ def cosine_model(
     "body → `emb_size` embedding → `head`, as an `nn.Sequential`"
     if arch is None: model = nn.Sequential(paper_cnn(n_in), paper_embedding(64, emb_size))
     elif isinstance(arch, str): model,_ = create_timm_model(arch, emb_size, pretrained=pretrained, n_in=n_in, **kwargs)
-    else: model = create_vision_model(arch, emb_size, pretrained=pretrained, n_in=n_in, **kwargs)
+    else:
+        try: model = create_vision_model(arch, emb_size, pretrained=pretrained, n_in=n_in, **kwargs)
+        except (URLError, ConnectionError, TimeoutError) as e:  # no network: say what to do, not urllib's `<urlopen error [Errno -2] ...>`
+            w = ifnone(kwargs.get('weights'), model_meta.get(arch, {}).get('weights', 'DEFAULT'))
+            if (msg := _missing_weights(arch, w, f"could not be downloaded ({getattr(e, 'reason', e)})")) is None: raise
+            raise ConnectionError(msg) from e
     return nn.Sequential(*model, head(emb_size, n_out))
 
 # %% ../nbs/02_learner.ipynb #d19ea927
@@ -262,11 +283,10 @@ def load(self:Learner, file, device=None, with_opt:bool=True, strict:bool=True, 
 # %% ../nbs/02_learner.ipynb #6a1b2c02
 def _cached_weights(name:str) -> Path:
     "The local file of torchvision's default weights for `name`, which must exist"
-    w = torchvision.models.get_model_weights(name).DEFAULT
-    f = Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
-    if not f.exists(): raise FileNotFoundError(
-        f"pretrained weights of {name} ({w}) are not in the local cache {f.parent}, and none are downloaded here: fetch them once where the "
-        f"network is reachable (python -c \"import torchvision; torchvision.models.{name}(weights='DEFAULT')\"), or train from scratch")
+    f = _weights_file(name)[1]
+    if not f.exists():
+        raise FileNotFoundError(_missing_weights(name, 'DEFAULT', "are not in the local cache, and the commands download none",
+                                                 "leave out `--pretrained`"))
     return f
 
 def arch_from_name(
