@@ -10,7 +10,7 @@ from functools import partial
 from typing import NamedTuple
 import numpy as np
 from fastprogress.fastprogress import progress_bar
-from .gallery import _unit, threshold_at_far
+from .gallery import _unit, threshold_at_far, smallest_far
 
 # %% auto #0
 __all__ = ['Calibration', 'calibrate_threshold', 'achieved_far', 'threshold_transfer']
@@ -18,10 +18,11 @@ __all__ = ['Calibration', 'calibrate_threshold', 'achieved_far', 'threshold_tran
 # %% ../nbs/04g_calibration.ipynb #925d34b1
 class Calibration(NamedTuple):
     "A threshold of `calibrate_threshold`, the FAR it gets on the calibration classes, and a prediction interval for the FAR on new classes"
-    threshold:float; far:float; achieved:float; interval:tuple; kind:str; new_classes:int=0; note:str=''
+    threshold:float; far:float; achieved:float; interval:tuple; kind:str; new_classes:int=0; note:str=''; smallest_far:float=None
     def __repr__(self):
         pi = self.note or f"{self.interval[0]:.2%}–{self.interval[1]:.2%} on {self.new_classes} new classes"
-        return f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the calibration classes, {pi})"
+        low = '' if self.smallest_far is None else f"; its impostor scores resolve FAR {self.smallest_far:.2g} and above"
+        return f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the calibration classes, {pi}{low})"
 
 def _impostor_blocks(emb, labels, kind, max_per_class, shots, seed):
     "Impostor scores by class pair (verification) or by stranger class (identification): ({class pair or class: scores}, classes)"
@@ -105,7 +106,7 @@ def calibrate_threshold(
     imp = np.concatenate(list(blocks.values()))
     tau,C = threshold_at_far(imp, far, min_false),len(classes)
     m = C if new_classes is None else new_classes
-    cal = partial(Calibration, tau, far, float((imp >= tau).mean()), kind=kind, new_classes=m)
+    cal = partial(Calibration, tau, far, float((imp >= tau).mean()), kind=kind, new_classes=m, smallest_far=smallest_far(len(imp), min_false))
     if C < 4: return cal((0., 1.), note=f'no interval: {C} classes cannot be halved into two sets of two')
     try: r,nA,nB = _split_ratios(emb, labels, far, kind, n_splits, max_per_class, shots, min_false, seed, (blocks, classes) if kind == 'verify' else None)
     except ValueError as e: return cal((0., 1.), note=f'no interval: {e}')
