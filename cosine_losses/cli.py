@@ -118,7 +118,7 @@ def cosine_compare(
     emb_size:int=128, # embedding size (both learners)
     seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
     seen_seed:int=None, # choose the `--seen` count of classes at random with this seed (default: the first ones in name order)
-    unseen_split:str='auto', # unseen images scored: 'valid' (held out), 'all' (none trained on), 'auto' (held out if 100 pairs)
+    unseen_split:str='auto', # unseen images scored: 'valid' (held out), 'all' (none trained on), 'auto' (held out if 500 pairs)
     n_train:int=None, # use only the first `n_train` training images (quick runs)
     n_valid:int=None, # use only the first `n_valid` test images
     out:str='cosine_compare', # folder for epochs.csv, summary.csv and the plots
@@ -177,7 +177,7 @@ def cosine_sweep(
     lr:float=3e-2, # maximum learning rate
     seen:Annotated[str, "open set: train on these classes and score the others: a count (5), a fraction (0.5) or class names; none: closed set", {'nargs': '*'}]=None,
     seen_seed:int=None, # choose the `--seen` count of classes at random with this seed (default: the first ones in name order)
-    unseen_split:str='auto', # unseen images scored: 'valid' (held out), 'all' (none trained on), 'auto' (held out if 100 pairs)
+    unseen_split:str='auto', # unseen images scored: 'valid' (held out), 'all' (none trained on), 'auto' (held out if 500 pairs)
     rank:str=None, # order the report by 'accuracy' or an open-set score such as 'map_at_r'; default by configuration
     n_train:int=None, # use only the first `n_train` training images (quick runs)
     n_valid:int=None, # use only the first `n_valid` test images

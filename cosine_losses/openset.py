@@ -56,7 +56,7 @@ def genuine_pairs(labels) -> int:
     n = np.unique(np.asarray(labels), return_counts=True)[1].astype(np.int64)
     return int((n*(n - 1)//2).sum())
 
-MIN_GENUINE = 100  # 'auto' scores the validation images of the unseen classes only when they hold this many same-class pairs
+MIN_GENUINE = 500  # 'auto' scores the validation images of the unseen classes only when they hold this many same-class pairs
 def resolve_unseen_split(unseen_split:str, valid_labels) -> str:
     "'valid' or 'all': with 'auto', the held-out images of the unseen classes if they hold `MIN_GENUINE` genuine pairs, else all of them"
     _check_unseen_split(unseen_split)
