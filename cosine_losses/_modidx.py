@@ -858,4 +858,5 @@ d = { 'settings': { 'branch': 'main',
                                                                                          'cosine_losses/watch.py'),
                                      'cosine_losses.watch.StuckRunWatch.before_fit': ( 'watch.html#stuckrunwatch.before_fit',
                                                                                        'cosine_losses/watch.py'),
+                                     'cosine_losses.watch._pair_cosine': ('watch.html#_pair_cosine', 'cosine_losses/watch.py'),
                                      'cosine_losses.watch.chance_loss': ('watch.html#chance_loss', 'cosine_losses/watch.py')}}}

@@ -8,12 +8,11 @@ Docs: https://cosine-losses.github.io/cosine_losses/openset.html.md"""
 from __future__ import annotations
 import random
 from fastai.vision.all import *
-from fastai.distributed import DistributedDL
 from sklearn.metrics import roc_curve, roc_auc_score
 from sklearn.model_selection import KFold
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKNN
-from .data import ImageRows, ToImageBW, IndexCategorize, image_tfm, tensor_dls, mnist_dls, folder_dls, csv_dls
+from .data import _is_instance, ImageRows, ToImageBW, IndexCategorize, image_tfm, tensor_dls, mnist_dls, folder_dls, csv_dls
 
 # %% auto #0
 __all__ = ['MIN_GENUINE', 'FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'genuine_pairs', 'resolve_unseen_split',
@@ -438,7 +437,7 @@ class OpenSetMetrics(Callback):
     def before_fit(self):
         self.unseen = ifnone(self.dl, getattr(self.dls, 'unseen', None))
         if self.unseen is None: raise ValueError("OpenSetMetrics needs `dl`, or `dls` made by `open_set_dls`")
-        if isinstance(self.unseen, DistributedDL): self.unseen = self.unseen.dl  # `distrib_ctx` shards every loader: score the whole set on every rank
+        if _is_instance(self.unseen, 'fastai.distributed.DistributedDL'): self.unseen = self.unseen.dl  # `distrib_ctx` shards every loader: score the whole set on every rank
         self.scores,self.roc,self.last = {},None,None
         self.value_metrics = [ValueMetric(partial(self.scores.get, k, np.nan), k) for k in self.metrics]
         self.learn.metrics = self.learn.metrics + self.value_metrics
