@@ -565,8 +565,9 @@ def plot_embeddings(self:RecognitionInterpretation,
     left = f'\n{len(classes) - len(big)} with fewer than {min_per_id} images left out' if len(big) < len(classes) else ''
     ax.set(xticks=[], yticks=[]); ax.set_title(f"{method.upper()} of {len(x)} embeddings, {n_cls}{left}", fontsize=10)
     hs = ax.get_legend_handles_labels()[0] if key else []
-    if self.seen is not None:
-        hs += [Line2D([], [], color='.4', marker=mk, ls='', label=f'{nm} in training') for mk,nm in (('o', 'seen'), ('X', 'not seen'))]
+    if self.seen is not None:  # a marker key only when both kinds are drawn
+        kinds = {self.vocab[c] in self.seen for c in ids}
+        hs += [Line2D([], [], color='.4', marker=mk, ls='', label=f'{nm} in training') for mk,nm in (('o', 'seen'), ('X', 'not seen'))]*(len(kinds) == 2)
     if hs: ax.legend(handles=hs, fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1), frameon=False)
     return _fit(ax)
 
