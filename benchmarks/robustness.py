@@ -15,6 +15,7 @@ Every run is a row of `--out` (CSV), written as it ends: run the same command ag
         --out results/robustness/sensitivity.csv                      # the sensitivity sweep
     python benchmarks/robustness.py --families glyphs --losses softmax curricularface adaface elasticface magface \\
         --out results/robustness/family.csv                           # the family's presets
+    python benchmarks/robustness.py --families glyphs-hard --bss 256 --losses softmax cosface arcface --wd 0.1 --out wd.csv  # a remedy tried
 """
 import argparse, itertools, os, time, warnings
 from pathlib import Path
@@ -38,13 +39,13 @@ class WatchKind(Callback):
     "Keeps the kind of failure `StuckRunWatch` saw ('' if none)"
     def after_fit(self): WatchKind.last = (getattr(self.learn, 'stuck_run_watch', None) and self.learn.stuck_run_watch.stuck or {}).get('kind', '')
 
-def run(family, loss, seed, lr, bs, threads, n_ids, epochs, data):
+def run(family, loss, seed, lr, bs, threads, n_ids, epochs, data, wd=None):
     torch.set_num_threads(threads)
     dls = identity_dls(*data, seen=.7, seed=seed, bs=bs)
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', StuckRunWarning)
-        r = train_one(dls, loss, epochs, seed, lr, quiet=True, cbs=WatchKind()).iloc[-1]
+        r = train_one(dls, loss, epochs, seed, lr, quiet=True, cbs=WatchKind(), **({} if wd is None else dict(wd=wd))).iloc[-1]
     return dict(family=family, loss=loss, seed=seed, lr=lr, bs=bs, threads=threads, seen_acc=100*r.accuracy, map_at_r=100*r.map_at_r,
                 flagged=WatchKind.last if r.failed else '', seconds=time.perf_counter() - t)
 
@@ -66,6 +67,7 @@ def main():
     p.add_argument('--threads', type=int, nargs='+', default=[2])
     p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--n-ids', type=int, default=1000)
+    p.add_argument('--wd', type=float, default=None, help="weight decay of every learner (default fastai's, 0.01); one --out per value")
     p.add_argument('--out', default='results/robustness/runs.csv')
     a = p.parse_args()
     fastprogress.NO_BAR = True
@@ -78,7 +80,7 @@ def main():
     data = {}
     for family,seed,lr,bs,threads,loss in todo:
         if (family, seed) not in data: data = {(family, seed): FAMILIES[family](a.n_ids, seed)}  # one data set in memory at a time
-        row = run(family, loss, seed, lr, bs, threads, a.n_ids, a.epochs, data[family, seed])
+        row = run(family, loss, seed, lr, bs, threads, a.n_ids, a.epochs, data[family, seed], a.wd)
         df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)
         df.to_csv(out, index=False)  # after every run: a killed benchmark keeps what it measured
         print(f"{family} seed {seed} lr {lr:g} bs {bs} threads {threads} {loss:>10}: seen {row['seen_acc']:5.1f} %, MAP@R {row['map_at_r']:5.1f} %"
