@@ -72,9 +72,11 @@ class _PlainLog:
         print('  '.join(f'{v:<{w}.6f}' if isinstance(v, float) else f'{str(v):<{w}}' for v,w in zip(log, self.w)), flush=True)
 
 def _why_failed(learn, rows, watch) -> str:
-    "Why a run is a failure of the recipe rather than a result ('' if it is not): a handful of steps an epoch, an exploding loss, or `watch`'s verdict"
-    dl,lnc = learn.dls.train,math.log(max(learn.dls.c, 2))
-    if len(dl) < 5: return f"{len(dl)} training step{'s'*(len(dl) != 1)} an epoch ({dl.n} images at batch size {dl.bs}), too few to train: lower the batch size"
+    "Why a run is a failure of the recipe rather than a result ('' if it is not): a handful of steps an epoch that learned nothing, an exploding loss, or `watch`'s verdict"
+    dl,C = learn.dls.train,max(learn.dls.c, 2)
+    lnc,acc = math.log(C),rows['accuracy'].iloc[-1] if 'accuracy' in rows else None
+    if len(dl) < 5 and (acc is None or acc <= min(2/C, 1/C + (1 - 1/C)/10)):  # a few steps that learned are a result (`StuckRunWatch`'s near-chance)
+        return f"{len(dl)} training step{'s'*(len(dl) != 1)} an epoch ({dl.n} images at batch size {dl.bs}), too few to train: lower the batch size"
     vl = rows['valid_loss'].to_numpy(float) if 'valid_loss' in rows else np.zeros(1)
     if not np.isfinite(vl).all(): return f"the validation loss is not finite (epoch {int(np.argmin(np.isfinite(vl)))+1}): lower the learning rate"
     if vl[-1] > 100*max(lnc, 1) or vl[-1] > max(100*vl[0], lnc):  # a model that knows nothing scores ln C

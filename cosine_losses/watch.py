@@ -85,7 +85,7 @@ class StuckRunWatch(Callback):
             self.told = True
             warnings.warn(f"StuckRunWatch cannot tell chance from learning on {n:.0f} training images in half an epoch ({min(10*self.n_classes, 1000)} "
                           f"needed with {self.n_classes} classes); it watches for collapse, a sinking loss and memorising only", stacklevel=2)
-        kind = ('collapsed' if pair > self.collapse or done and vpair is not None and vpair > self.collapse else 'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one
+        kind = ('collapsed' if pair > self.collapse or done and vpair is not None and vpair > self.collapse and valid <= near else 'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one
                 'sinking' if full and self.chance is not None and self.prev is not None and loss >= max(self.prev, self.sink*self.chance) else
                 'memorising' if done and valid is not None and hits >= max(.1, self.memorise*valid) else None)
         if kind: self._warn(kind, hits, valid, chance, pair, vpair, loss)

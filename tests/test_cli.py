@@ -133,8 +133,7 @@ def test_compare_counts_a_handful_of_steps_as_failed(tmp_path, capsys):
     cosine_compare(str(tmp_path/'fruit'), arch='resnet18', size=32, seen=['3'], losses=['softmax'], epochs=1, seeds=1, bs=32, out=str(tmp_path/'out'))
     o,e = capsys.readouterr()
     assert 'warning: --bs 32 leaves 1 step an epoch of 47 training images, too few to train well: try --bs 8 (5 steps)' in e, e
-    assert ('run 1/1: softmax, seed 0 failed, not counted as a result: 1 training step an epoch (47 images at batch size 32), too few to train: '
-            'lower the batch size') in o, o
+    assert 'run 1/1: softmax, seed 0 failed, not counted as a result: ' in o, o  # which rule says so: `_why_failed`'s tests in 05_compare
     assert '| softmax | did not learn | did not learn' in o and '0 (+1 failed)' in o, o
 
 def test_gallery_refuses_a_flat_folder_counts_what_is_new_and_names_the_smallest_far(tmp_path, capsys):
