@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.font_manager import FontProperties
 from .data import ImageRows
 from .openset import verification_pairs, pair_index, class_scores, identification_protocol, _check_emb
-from .gallery import threshold_at_far
+from .gallery import threshold_at_far, smallest_far
 
 # %% auto #0
 __all__ = ['DET_FARS', 'RecognitionInterpretation', 'plot_det_curves', 'plot_cmc_curves']
@@ -390,17 +390,22 @@ def det(self:RecognitionInterpretation) -> tuple:
 
 @patch
 def operating_points(self:RecognitionInterpretation,
-    fars=DET_FARS, # false-accept rates; those these data cannot resolve (see `threshold_at_far`) are left out
+    fars=DET_FARS, # false-accept rates; those these data cannot resolve (see `threshold_at_far`) are left out, with a warning
     min_false:int=10,
+    quiet:bool=False, # no warning for the FARs left out (`plot_det` marks only those it has)
 ) -> pd.DataFrame:
     "The threshold for each FAR, and the false match and false non-match rates it gets"
     _,_,s,same = self.pairs
-    rows = []
+    rows,left = [],[]
     for f in fars:
         _check_far(f)
         try: t = self.threshold(f, min_false)
-        except ValueError: continue
+        except ValueError: left.append(f); continue
         rows.append(dict(far=f, threshold=t, fmr=float((s[~same] >= t).mean()), fnmr=float((s[same] < t).mean())))
+    if left and not quiet:
+        n = int((~same).sum())
+        warnings.warn(f"no operating point at FAR {', '.join(f'{f:g}' for f in left)}: {n:,} impostor pairs resolve FAR "
+                      f"{smallest_far(n, min_false):.2g} at the smallest ({min_false}/FAR needed)", stacklevel=2)
     return pd.DataFrame(rows, columns=['far', 'threshold', 'fmr', 'fnmr'])
 
 @patch
@@ -424,7 +429,7 @@ def plot_det(self:RecognitionInterpretation,
         eps = np.finfo(np.float64).eps
         tf = lambda p: torch.special.ndtri(torch.as_tensor(np.clip(p, eps, 1-eps), dtype=torch.float64)).numpy()  # the display's axes
     line.set_gid('det')
-    pts = self.operating_points(fars)
+    pts = self.operating_points(fars, quiet=True)
     ax.plot(tf(pts.fmr.values), tf(pts.fnmr.values), 'o', color=line.get_color(), ms=4)
     _far_marks(ax, pts.far.values, tf)
     _det_limits(ax, scale)
