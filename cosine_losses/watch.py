@@ -73,7 +73,7 @@ class StuckRunWatch(Callback):
     def after_epoch(self):
         if not self.active or self.stuck is not None or self.sums is None: return
         (hits,pair,loss),n = (self.sums[:3]/self.sums[3]).tolist(),self.sums[3].item()
-        valid,vpair = (None,None) if self.vsums is None else (self.vsums[0]/self.vsums[1]).item(),(self.vsums[2]/self.vsums[1]).item()
+        valid,vpair = (None,None) if self.vsums is None else (self.vsums[[0, 2]]/self.vsums[1]).tolist()  # no validation batches: no judgement
         if self.epoch == 0: self.loss0 = loss
         done = (self.epoch + 1)/self.n_epoch >= self.until - 1e-9
         judge = done and n >= min(10*self.n_classes, 1000)  # else too few images to tell
@@ -85,7 +85,9 @@ class StuckRunWatch(Callback):
             self.told = True
             warnings.warn(f"StuckRunWatch cannot tell chance from learning on {n:.0f} training images in half an epoch ({min(10*self.n_classes, 1000)} "
                           f"needed with {self.n_classes} classes); it watches for collapse, a sinking loss and memorising only", stacklevel=2)
-        kind = ('collapsed' if pair > self.collapse or done and vpair is not None and vpair > self.collapse and valid <= near else 'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one
+        evaluated = done and vpair is not None and vpair > self.collapse and valid <= near  # as a gallery embeds: BatchNorm's running statistics
+        kind = ('collapsed' if pair > self.collapse or evaluated else
+                'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one judged epoch
                 'sinking' if full and self.chance is not None and self.prev is not None and loss >= max(self.prev, self.sink*self.chance) else
                 'memorising' if done and valid is not None and hits >= max(.1, self.memorise*valid) else None)
         if kind: self._warn(kind, hits, valid, chance, pair, vpair, loss)
