@@ -16,31 +16,32 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 from .losses import CombinedMarginLoss, check_margins, target_logit
 from .heads import ArcFaceHead, _Cosines
-from .learner import _head_learner, _dynamic, _SAVE_AS, _AFTER_LOAD
+from .learner import _head_learner, _dynamic, carry_loss_state
 
 # %% auto #0
-__all__ = ['gather_rows', 'sample_centres', 'sharded_margin_loss', 'ShardedArcFaceHead', 'ShardedMarginLoss', 'sharded_learner']
+__all__ = ['gather_rows', 'sample_centres', 'sharded_margin_loss', 'ShardedArcFaceHead', 'ShardedMarginLoss', 'sharded_learner',
+           'ShardedLearner']
 
 # %% ../nbs/04b_distributed.ipynb #c510c1ef
-_fastai_broadcast = DistributedDL._broadcast
 def _distributed(dl): return isinstance(dl, DistributedDL) and dist.is_initialized()
 
-@patch
-def _broadcast(self:DistributedDL, t, rank):
-    "Broadcast the list `t` from `rank`: fastai's on NCCL, else on the CPU (fastai hard-codes `.cuda()`, which gloo on a CPU lacks)"
-    if dist.get_backend() == 'nccl': return _fastai_broadcast(self, t, rank)
-    t = LongTensor(t)
-    dist.broadcast(t, rank)
-    return t.tolist()
+class _DistributedDL(DistributedDL):
+    "fastai's `DistributedDL`, broadcasting its order on the CPU where the backend is not NCCL"
+    def _broadcast(self, t, rank):
+        "Broadcast the list `t` from `rank`: fastai's on NCCL, else on the CPU (fastai hard-codes `.cuda()`, which gloo on a CPU lacks)"
+        if dist.get_backend() == 'nccl': return super()._broadcast(t, rank)
+        t = LongTensor(t)
+        dist.broadcast(t, rank)
+        return t.tolist()
 
-_fastai_before_fit = DistributedTrainer.before_fit
+class _DistributedTrainer(DistributedTrainer):
+    "fastai's `DistributedTrainer`, with `sync_bn` on CUDA only (`SyncBatchNorm` has no CPU kernel), extra loaders whole, `_DistributedDL`"
+    def before_fit(self):
+        self.sync_bn = self.sync_bn and self.accelerator.device.type == 'cuda'
+        super().before_fit()
+        self.learn.dls.loaders[2:] = self.old_dls[2:]  # `fit` shards train and valid; others (`OpenSetMetrics`'s `unseen`) stay whole
+    def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else _DistributedDL(dl, device=self.learn.model.device)
 
-@patch
-def before_fit(self:DistributedTrainer):
-    "fastai's, with `sync_bn` only on CUDA (`SyncBatchNorm` has no CPU kernel), and loaders after the second not sharded"
-    self.sync_bn = self.sync_bn and self.accelerator.device.type == 'cuda'
-    _fastai_before_fit(self)
-    self.learn.dls.loaders[2:] = self.old_dls[2:]  # `fit` shards train and valid; extra loaders (`OpenSetMetrics`'s `unseen`) stay whole
 
 # %% ../nbs/04b_distributed.ipynb #c2c5afb5
 def _device(): return 'cuda' if dist.get_backend() == 'nccl' else 'cpu'
@@ -61,24 +62,28 @@ def _exact_sum(learn, f) -> tuple:
     dist.all_reduce(t)
     return t[0].item(),int(t[1].item())
 
-_fastai_avg_metric = AvgMetric.accumulate
+class _ExactAvgMetric(AvgMetric):
+    "fastai's `AvgMetric`, except under `DistributedDL`, where fastai averages the ranks' means: the exact mean over the real items"
+    def accumulate(self, learn):
+        if not _distributed(learn.dl): return super().accumulate(learn)
+        v,k = _exact_sum(learn, self.func)
+        self.total,self.count = self.total+v,self.count+k
 
-@patch
-def accumulate(self:AvgMetric, learn):
-    "fastai's mean of the ranks' means, except under `DistributedDL`: the exact mean over the real items"
-    if not _distributed(learn.dl): return _fastai_avg_metric(self, learn)
-    v,k = _exact_sum(learn, self.func)
-    self.total,self.count = self.total+v,self.count+k
+class _ExactAvgLoss(AvgLoss):
+    "fastai's `AvgLoss`, except under `DistributedDL`: the exact mean loss over the real items"
+    def accumulate(self, learn):
+        if not _distributed(learn.dl): return super().accumulate(learn)
+        n = find_bs(learn.yb)
+        v,k = _exact_sum(learn, lambda p,*y: learn.loss.mean() if len(p) == n else learn.loss_func(p, *y).mean())
+        self.total,self.count = self.total+v,self.count+k
 
-_fastai_avg_loss = AvgLoss.accumulate
+_OURS = {DistributedTrainer: _DistributedTrainer, AvgMetric: _ExactAvgMetric, AvgLoss: _ExactAvgLoss}
 
-@patch
-def accumulate(self:AvgLoss, learn):
-    "fastai's, except under `DistributedDL`: the exact mean loss over the real items"
-    if not _distributed(learn.dl): return _fastai_avg_loss(self, learn)
-    n = find_bs(learn.yb)
-    v,k = _exact_sum(learn, lambda p,*y: learn.loss.mean() if len(p) == n else learn.loss_func(p, *y).mean())
-    self.total,self.count = self.total+v,self.count+k
+def _adapt(learn):
+    "`DistributedFit` under `distrib_ctx`: `learn`'s `DistributedTrainer`, `AvgMetric`s and `AvgLoss` become this module's subclasses"
+    # the same objects change class: the fit's loop over the callbacks has begun, and callbacks find their metrics by identity (`AngleStats`)
+    for o in [*learn.cbs, *learn.metrics, getattr(getattr(learn, 'recorder', None), 'loss', None)]:
+        if type(o) in _OURS: o.__class__ = _OURS[type(o)]
 
 # %% ../nbs/04b_distributed.ipynb #3968e736
 def _world(group=None) -> tuple:
@@ -284,11 +289,12 @@ def sharded_learner(
     learn = _head_learner(dls, arch, head=ShardedArcFaceHead, loss_func=CombinedMarginLoss(s, m1, m2, m3, easy_margin), emb_size=emb_size, **kwargs)
     head = learn.model[-1]
     learn.loss_func = ShardedMarginLoss(head, s, m1, m2, m3, easy_margin, sample_rate, seed)
+    learn.__class__ = ShardedLearner  # `_head_learner` makes a plain `Learner`, the same in every other respect
     # each rank keeps and updates its own block: DDP must neither broadcast rank 0's nor average the gradients
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(learn.model, [n for n,p in learn.model.named_parameters() if p is head.weight])
     store_attr('m1,m2,m3,s,sample_rate', self=learn)
     learn.k = 1
-    return learn
+    return carry_loss_state(learn)
 
 # %% ../nbs/04b_distributed.ipynb #62eb3c4f
 def _sharded_heads(model): return {n:m for n,m in model.named_modules() if isinstance(m, ShardedArcFaceHead)}
@@ -307,15 +313,7 @@ def unsharded(self:Learner) -> Learner:
                     path=self.path, model_dir=self.model_dir, wd=self.wd, wd_bn_bias=self.wd_bn_bias, train_bn=self.train_bn, moms=self.moms)
     for k in 'arch,normalize,n_out,pretrained,emb_size,m1,m2,m3,s,k'.split(','):
         if hasattr(self, k): setattr(learn, k, getattr(self, k))
-    return learn
-
-_fastai_export = Learner.export
-
-@patch
-def export(self:Learner, fname='export.pkl', **kwargs):
-    "fastai's `export`; with sharded centres, rank 0 exports `unsharded()`: a plain learner for one process (call on every rank)"
-    heads = _sharded_heads(getattr(self.model, 'module', self.model))
-    _fastai_export(self.unsharded() if heads else self, fname, **kwargs)
+    return carry_loss_state(learn)
 
 def _gather_opt(learn, full):
     "Give `full` (`learn.unsharded()`) `learn`'s optimiser state, each sharded head's rows gathered from every rank (a collective)"
@@ -326,13 +324,6 @@ def _gather_opt(learn, full):
     full.create_opt()
     full.opt.load_state_dict({'state': state, 'hypers': sd['hypers']})
 
-def _save_unsharded(learn):
-    "`Learner.save` (in `learner`) writes `unsharded()` for sharded centres: rank 0 saves all C centres and their optimiser state (call on every rank)"
-    if not _sharded_heads(getattr(learn.model, 'module', learn.model)): return None
-    full = learn.unsharded()
-    if getattr(learn, 'opt', None) is not None: _gather_opt(learn, full)
-    return full
-
 def _take_opt_blocks(learn):
     "After `load`, each sharded head keeps its rank's rows of the optimiser state saved for all C centres, as `_take_block` does for the weights"
     for h in _sharded_heads(getattr(learn.model, 'module', learn.model)).values():
@@ -340,5 +331,20 @@ def _take_opt_blocks(learn):
         for k,v in s.items():
             if isinstance(v, Tensor) and v.ndim == 2 and len(v) == h.n_out != len(h.weight): s[k] = v[h.start:h.stop].clone()
 
-_SAVE_AS.append(_save_unsharded)
-_AFTER_LOAD.append(_take_opt_blocks)
+class ShardedLearner(Learner):
+    "A `Learner` with sharded centres: `save` and `export` write `unsharded()`, `load` gives each rank its block (call them on every rank)"
+    def save(self, file, **kwargs):
+        "fastai's `save` of `unsharded()`: rank 0 writes all C centres and their optimiser state, gathered from every rank"
+        full = self.unsharded()
+        if getattr(self, 'opt', None) is not None: _gather_opt(self, full)
+        return full.save(file, **kwargs)
+
+    def load(self, file, **kwargs):
+        "fastai's `load`; each sharded head keeps its rank's block of the centres (`_take_block`) and of their optimiser state"
+        super().load(file, **kwargs)
+        _take_opt_blocks(self)
+        return self
+
+    def export(self, fname='export.pkl', **kwargs):
+        "fastai's `export` of `unsharded()`: a plain learner for one process"
+        self.unsharded().export(fname, **kwargs)

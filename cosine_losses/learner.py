@@ -15,10 +15,11 @@ from .heads import ArcFaceHead
 from .family import dynamic_margins, train_labels
 from .losses import auto_scale
 from .watch import StuckRunWatch
+from .data import _is_instance
 
 # %% auto #0
-__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'KeepHistory', 'KeepLossStats', 'MarginWarmup', 'cosine_learner',
-           'softmax_learner', 'loss_state', 'arch_from_name']
+__all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'loss_state', 'carry_loss_state', 'DistributedFit', 'KeepHistory',
+           'KeepLossStats', 'MarginWarmup', 'cosine_learner', 'softmax_learner', 'arch_from_name']
 
 # %% ../nbs/02_learner.ipynb #10aa7e65
 def paper_cnn(
@@ -83,6 +84,39 @@ def _n_in(dls, kwargs) -> int:
     if not isinstance(x, Tensor) or x.ndim not in (2, 3): raise TypeError(f"cannot tell the input channels from an item of type {type(x).__name__}: pass `n_in`")
     return 1 if x.ndim == 2 else x.shape[0]
 
+def loss_state(loss_func) -> dict:
+    "The loss's buffers (running statistics) as a state dict; `{}` for a loss without any"
+    return loss_func.state_dict() if isinstance(loss_func, nn.Module) else {}
+
+def _loss_into(model, sd, prefix, meta):
+    for k,v in loss_state(model.__dict__.get('_loss_func')).items(): sd[f'{prefix}loss.{k}'] = v
+
+def _loss_from(model, sd, prefix, *args):
+    lf,n = model.__dict__.get('_loss_func'),len(prefix + 'loss.')
+    saved,mine = {k[n:]: sd.pop(k) for k in [k for k in sd if k.startswith(prefix + 'loss.')]},loss_state(lf)
+    if missing := [k for k in mine if k not in saved]:
+        warn(f"the state dict holds no {', '.join(missing)} for the loss {type(lf).__name__}: they keep their current values")
+    if mine: lf.load_state_dict({k: saved.get(k, v) for k,v in mine.items()})
+
+def carry_loss_state(learn:Learner) -> Learner:
+    "The model's state dict carries `learn.loss_func`'s buffers under 'loss.': fastai's `save`, `load`, `SaveModelCallback` keep them"
+    m = get_model(learn.model)
+    if '_loss_func' not in m.__dict__: m.register_state_dict_post_hook(_loss_into); m.register_load_state_dict_pre_hook(_loss_from)
+    m.__dict__['_loss_func'] = learn.loss_func  # a reference, not a submodule: no parameters, device moves, train/eval or DDP broadcasts
+    return learn
+
+class DistributedFit(Callback):
+    "Under fastai's `distrib_ctx`: gloo on CPUs, `SyncBatchNorm` on CUDA only, loaders after the second whole, exact metrics"
+    order = 10  # before `DistributedTrainer` (11): it must be adapted before it wraps the model and the data
+    def before_fit(self):
+        self.on = any(_is_instance(cb, 'fastai.distributed.DistributedTrainer') for cb in self.learn.cbs)
+        self.before_train()
+    def before_train(self):  # and again before each phase: callbacks add metrics in their `before_fit` (`AngleStats`)
+        if not getattr(self, 'on', False): return
+        from .distributed import _adapt  # only now: it loads fastai.distributed and accelerate, as `distrib_ctx` has
+        _adapt(self.learn)
+    def before_validate(self): self.before_train()
+
 class KeepHistory(Callback):
     "Keep the recorder's table of the last training fit as `recorder.history`: fastai's `validate` and `get_preds` start a new one"
     order = Recorder.order + 1
@@ -117,10 +151,11 @@ def _head_learner(
         if isinstance(arch, str): _timm_norm(dls, timm.create_model(arch, pretrained=False).default_cfg, pretrained, n_in)
         else: _add_norm(dls, meta, pretrained, n_in)
     learn = Learner(dls=dls, model=model, loss_func=loss_func, opt_func=opt_func, lr=lr, splitter=ifnone(splitter, meta['split']),
-                    cbs=L(cbs) + [KeepHistory()], metrics=metrics, path=path, model_dir=model_dir, wd=wd, wd_bn_bias=wd_bn_bias, train_bn=train_bn, moms=moms)
+                    cbs=L(cbs) + [KeepHistory(), DistributedFit()], metrics=metrics, path=path, model_dir=model_dir, wd=wd,
+                    wd_bn_bias=wd_bn_bias, train_bn=train_bn, moms=moms)
     if pretrained and arch is not None: learn.freeze()
     store_attr('arch,normalize,n_out,pretrained,emb_size', self=learn)
-    return learn
+    return carry_loss_state(learn)
 
 def _margined(m1, m2, m3) -> bool: return bool(torch.as_tensor(m1).ne(1).any() or torch.as_tensor(m2).ne(0).any() or torch.as_tensor(m3).ne(0).any())
 
@@ -221,64 +256,12 @@ def get_embeddings(self:Learner,
     return (F.normalize(feats, dim=1) if normalize else feats), targs
 
 # %% ../nbs/02_learner.ipynb #b7e1a2c4
-_SAVE_AS = []  # `f(learn)`: the learner whose state `save` writes in place of `learn`, or None; `distributed` adds one for sharded centres
-_AFTER_LOAD = []  # `f(learn)` after `load`: `distributed` keeps each rank's block of the sharded centres' optimiser state
-
-def _saved_learner(learn):
-    for f in _SAVE_AS:
-        if (o := f(learn)) is not None: return o
-    return learn
-
-def loss_state(loss_func) -> dict:
-    "The loss's buffers (running statistics) as a state dict; `{}` for a loss without any"
-    return loss_func.state_dict() if isinstance(loss_func, nn.Module) else {}
-
 def _safe_load(file, device, **kwargs):
     "`torch.load` as fastai's `load_model` calls it: tensors only, with numpy's scalars (hyper-parameters) allowed"
     npc = getattr(np, '_core', None) or np.core
     with torch.serialization.safe_globals([L, npc.multiarray.scalar, np.dtype, *[getattr(np.dtypes, d) for d in np.dtypes.__all__]]):
         return torch.load(file, map_location=device, **{'weights_only': True, **kwargs})
 
-@patch
-@delegates(save_model, but=['model', 'opt'])
-def save(self:Learner, file, with_opt:bool=True, pickle_protocol=2, **kwargs):
-    "fastai's `save` to `self.path/self.model_dir/file`, plus the loss's buffers (if any) under 'loss'"
-    learn,file = _saved_learner(self),join_path_file(file, self.path/self.model_dir, ext='.pth')
-    opt,ls = getattr(learn, 'opt', None),loss_state(learn.loss_func)
-    if not ls: save_model(file, learn.model, opt, with_opt=with_opt, pickle_protocol=pickle_protocol, **kwargs)  # fastai's file
-    elif not rank_distrib():
-        state = dict(model=get_model(learn.model).state_dict(), loss=ls)
-        if with_opt and opt is not None: state['opt'] = opt.state_dict()
-        torch.save(state, file, pickle_protocol=pickle_protocol, **kwargs)
-    return file
-
-def _load_loss(lf, saved:dict, file):
-    "Load `saved` into the loss `lf`; warn about the buffers it lacks"
-    mine = loss_state(lf)
-    missing = [k for k in mine if k not in saved]
-    if missing: warn(f"{file} holds no {', '.join(missing)} for the loss {type(lf).__name__}: they keep their current values")
-    if mine: lf.load_state_dict({k: saved.get(k, v) for k,v in mine.items()})
-
-@patch
-@delegates(load_model, but=['model', 'opt'])
-def load(self:Learner, file, device=None, with_opt:bool=True, strict:bool=True, **kwargs):
-    "fastai's `load` from `self.path/self.model_dir/file`, plus the loss's buffers where `save` wrote them"
-    if device is None and hasattr(self.dls, 'device'): device = self.dls.device
-    if isinstance(device, int): device = torch.device('cuda', device)
-    if self.opt is None: self.create_opt()
-    file = join_path_file(file, self.path/self.model_dir, ext='.pth')
-    distrib_barrier()
-    state = _safe_load(file, ifnone(device, 'cpu'), **kwargs)
-    ours = isinstance(state, dict) and 'model' in state and set(state) <= {'model', 'opt', 'loss'}  # else a bare state dict
-    get_model(self.model).load_state_dict(state['model'] if ours else state, strict=strict)
-    if with_opt:
-        if not (ours and 'opt' in state): warn("Saved file doesn't contain an optimizer state.")
-        else:
-            try: self.opt.load_state_dict(state['opt'])
-            except Exception: warn("Could not load the optimizer state.")
-    for f in _AFTER_LOAD: f(self)
-    _load_loss(self.loss_func, state.get('loss', {}) if ours else {}, file)
-    return self
 
 # %% ../nbs/02_learner.ipynb #6a1b2c02
 def _cached_weights(name:str) -> Path:

@@ -27,7 +27,7 @@ def real_mnist():
 def trained(tmp_path_factory):
     "A cosine learner trained briefly on a colour folder of word-named classes of mixed sizes, exported both ways (.pkl and .onnx)"
     from fastai.vision.all import ImageDataLoaders, Resize, set_seed
-    from cosine_losses.learner import cosine_learner
+    from cosine_losses.all import cosine_learner  # and `learn.export_onnx`, `embed_items`, ...: `learner_gallery`, which `all` imports
     from image_folders import WORDS, colour_folder
     d = tmp_path_factory.mktemp('trained')
     dls = ImageDataLoaders.from_folder(colour_folder(d/'train', WORDS[:4], 24, 0), valid_pct=.25, seed=0, item_tfms=Resize(32), bs=16)

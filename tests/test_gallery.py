@@ -104,6 +104,7 @@ def test_exported_learner_embeds_and_identifies_alone(tiny, tmp_path):
     out = _py(f"""
 import json, sys
 from fastai.learner import load_learner
+from cosine_losses.all import *  # the methods `learner_gallery` adds to `Learner`
 learn = load_learner({str(pkl)!r})
 with learn.no_bar():
     e,_ = learn.get_embeddings(dl=learn.dls.test_dl({[str(f) for f in files]!r}))

@@ -8,6 +8,7 @@ import numpy as np, pytest
 from fastai.vision.all import set_seed
 from cosine_losses.identities import mnist_numbers, identity_dls
 from cosine_losses.learner import cosine_learner, softmax_learner
+import cosine_losses.learner_gallery  # learn.embed_items
 from cosine_losses.gallery import threshold_transfer
 from cosine_losses.watch import StuckRunWarning
 

@@ -1,4 +1,4 @@
-"`Learner.save`/`load` carry the loss's buffers; old checkpoints still load with a warning; plain learners get fastai's file; one patch per method."
+"fastai's own `Learner.save`/`load` carry the loss's buffers, in the model's state dict; a state dict without them loads with a warning."
 import warnings
 import numpy as np, pytest, torch
 from fastai.vision.all import Learner, SaveModelCallback, Callback, set_seed, load_model, save_model
@@ -7,7 +7,7 @@ from cosine_losses.learner import cosine_learner, softmax_learner, loss_state, _
 from cosine_losses.losses import CombinedMarginLoss
 from cosine_losses.family import CurricularFaceLoss, AdaFaceLoss, ElasticFaceLoss, MagFaceLoss, FAMILY_PRESETS
 from cosine_losses.data import mnist_dls
-import cosine_losses.distributed  # imported, it must not change `save`/`load` a second time
+import cosine_losses.distributed  # imported, it changes nothing of `save`/`load`
 
 @pytest.fixture(scope='module')
 def dls(real_mnist): return mnist_dls(real_mnist, bs=64, n_train=256, n_valid=64)
@@ -35,10 +35,16 @@ def test_round_trip_of_the_loss_state(name, dls, tmp_path):
     for a,b in zip(fresh.model.parameters(), learn.model.parameters()): assert torch.equal(a, b)
     assert fresh.opt.state_dict()['state'][0].keys() == learn.opt.state_dict()['state'][0].keys()
     assert torch.equal(fresh.opt.state_dict()['state'][0]['grad_avg'], learn.opt.state_dict()['state'][0]['grad_avg'])
-    # a checkpoint without the loss's state (fastai's, or written before): it loads, warns which buffers keep their values
-    save_model(tmp_path/'models'/'old.pth', learn.model, learn.opt)
+    saved = _safe_load(tmp_path/'models'/'ck.pth', 'cpu')  # fastai's file, the buffers in the model's state dict
+    assert set(saved) == {'model', 'opt'} and {f'loss.{k}' for k in init} <= set(saved['model'])
+    other = cosine_learner(dls, emb_size=16, loss_func=WITH_BUFFERS[name](), path=tmp_path)
+    other.create_opt()
+    load_model(tmp_path/'models'/'ck.pth', other.model, other.opt)  # fastai's reader
+    for k,v in trained.items(): assert torch.equal(loss_state(other.loss_func)[k], v), k
+    # a state dict without the loss's state (another learner's): it loads, warns which buffers keep their values
+    torch.save({k:v for k,v in learn.model.state_dict().items() if not k.startswith('loss.')}, tmp_path/'models'/'old.pth')
     old = cosine_learner(dls, emb_size=16, loss_func=WITH_BUFFERS[name](), path=tmp_path)
-    with pytest.warns(UserWarning, match=', '.join(init)): old.load('old')
+    with pytest.warns(UserWarning, match=', '.join(init)): old.load('old', with_opt=False)
     for k,v in init.items(): assert torch.equal(loss_state(old.loss_func)[k], v)
     for a,b in zip(old.model.parameters(), learn.model.parameters()): assert torch.equal(a, b)
 
@@ -74,9 +80,22 @@ def test_plain_learner_gets_fastais_file(dls, tmp_path):
     again = softmax_learner(dls, emb_size=16, path=tmp_path).load('sm')  # and ours reads fastai's
     for a,b in zip(again.model.parameters(), learn.model.parameters()): assert torch.equal(a, b)
 
-def test_one_patch_per_fastai_method():
-    "`save`/`load` are changed in `learner` only, `export` in `distributed` only; importing `distributed` wraps none of them again"
-    assert Learner.save.__module__ == Learner.load.__module__ == 'cosine_losses.learner'
-    assert Learner.export.__module__ == 'cosine_losses.distributed'
-    assert cosine_losses.distributed._save_unsharded in cosine_losses.learner._SAVE_AS
-    assert cosine_losses.learner.save_model is fastai.learner.save_model  # plain learners: fastai's own writer
+def test_fastais_methods_are_fastais():
+    "`save`, `load` and `export` are fastai's own; a sharded learner's are those of its class, `ShardedLearner`"
+    assert Learner.save.__module__ == Learner.load.__module__ == Learner.export.__module__ == 'fastai.learner'
+    assert cosine_losses.learner.save_model is fastai.learner.save_model
+    assert cosine_losses.distributed.ShardedLearner.save.__module__ == 'cosine_losses.distributed'
+
+def test_plain_learner_carries_the_loss_when_asked(dls, tmp_path):
+    "`carry_loss_state` gives a `Learner` made by hand what `cosine_learner` has; after `loss_func` is replaced, again"
+    from cosine_losses.learner import carry_loss_state
+    from cosine_losses.heads import ArcFaceHead
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28*28, 8), ArcFaceHead(8, 10))
+    learn = Learner(dls, model, loss_func=CombinedMarginLoss(), path=tmp_path)
+    assert not any(k.startswith('loss.') for k in learn.model.state_dict())
+    learn.loss_func = CurricularFaceLoss(s=30.)
+    with torch.no_grad(): learn.loss_func.t.fill_(.25)
+    carry_loss_state(learn)
+    assert learn.model.state_dict()['loss.t'] == .25
+    learn.loss_func = AdaFaceLoss(s=30.)
+    assert set(carry_loss_state(learn).model.state_dict()) >= {'loss.mu', 'loss.sigma'} and 'loss.t' not in learn.model.state_dict()
