@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/gallery.html.md"""
 
 # %% ../nbs/04d_gallery.ipynb #f5373248
 from __future__ import annotations
-import hashlib, importlib, io, json, mimetypes, os, re, tempfile, warnings, zipfile
+import hashlib, importlib, io, json, mimetypes, os, re, sys, tempfile, warnings, zipfile
 from pathlib import Path
 import faiss, numpy as np
 from PIL import Image
@@ -331,6 +331,12 @@ def is_milvus_uri(
     "Whether `gallery` names a Milvus gallery: a Milvus Lite file (`*.db`) or a server (`http(s)://`, `tcp://`, `grpc://`)"
     return str(gallery).endswith('.db') or re.match(r'(https?|tcp|grpc)://', str(gallery)) is not None
 
+def _embedder(model):
+    "`model`, a fastai `Learner` given the methods of `learner_gallery` (`embed_items`, `fingerprint`) if they are not there yet"
+    fl = sys.modules.get('fastai.learner')  # without fastai there is no `Learner` to give them to
+    if fl and isinstance(model, fl.Learner) and not hasattr(model, 'embed_items'): importlib.import_module('.learner_gallery', __package__)
+    return model
+
 def enrol_folder(
     model, # what embeds the images: a `Learner` (e.g. `load_model` of `learn.export`'s file) or an `OnnxEmbedder`
     folder, # one folder per label, named by it, of that label's images
@@ -340,7 +346,7 @@ def enrol_folder(
     name:str=None, # the model's name in the gallery and in errors; default its own `name` (an `OnnxEmbedder`'s file)
 ) -> tuple:
     "(gallery, unreadable [(file, why)]): the images of `folder`/<label>/ enrolled under <label>, then calibrated"
-    ok,bad = _readable_in(folder)
+    ok,bad,model = *_readable_in(folder),_embedder(model)
     g,name = gallery if gallery is not None else Gallery(),name or getattr(model, 'name', None)
     g.check_model(model.fingerprint, name)  # before the work of embedding
     g.add(model.embed_items(ok, bs)[0], [f.parent.name for f in ok], fingerprint=model.fingerprint, model=name,
@@ -360,7 +366,7 @@ def identify_folder(
 ):
     "(DataFrame of file, label ('unknown' under the threshold), score; unreadable [(file, why)])"
     import pandas as pd  # pandas is no dependency of the gallery itself
-    ok,bad = _readable_in(folder)
+    ok,bad,model = *_readable_in(folder),_embedder(model)
     gallery.check_model(model.fingerprint, name or getattr(model, 'name', None))
     labels,scores = gallery.identify(model.embed_items(ok, bs)[0], threshold, far)
     rel = [str(f.relative_to(folder)) for f in ok]
