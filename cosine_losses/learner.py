@@ -201,6 +201,7 @@ def cosine_learner(
     loss_func=None, # any loss on cosines (e.g. `AdaFaceLoss()`); defaults to `CombinedMarginLoss(s, m1, m2, m3)`
     warmup:float=.3, # ramp the margins from none to theirs over this share of each fit (`MarginWarmup`); 0: the margins from the start
     watch:bool=True, # add `StuckRunWatch`: warn when the run stays at chance or its embeddings collapse
+    wd:float=.1, # weight decay, decoupled as fastai's `Adam` applies it (fastai's default: 0.01); see "The defaults" below
     **kwargs
 ) -> Learner:
     "A fastai `Learner` for `arch` with an `ArcFaceHead` and a `CombinedMarginLoss` (or any loss on cosines)"
@@ -213,7 +214,7 @@ def cosine_learner(
     head = partial(ArcFaceHead, k=k, norms=getattr(loss_func, 'needs_norms', False))
     if isinstance(loss_func, nn.Module) and any(True for _ in loss_func.buffers()): kwargs['cbs'] = L(kwargs.get('cbs')) + [KeepLossStats()]
     if watch: kwargs['cbs'] = L(kwargs.get('cbs')) + [StuckRunWatch()]
-    learn = _head_learner(dls, arch, head=head, loss_func=loss_func, emb_size=emb_size, **kwargs)
+    learn = _head_learner(dls, arch, head=head, loss_func=loss_func, emb_size=emb_size, wd=wd, **kwargs)
     store_attr('m1,m2,m3,s,k,warmup', self=learn)
     return learn
 
