@@ -79,11 +79,12 @@ class _ExactAvgLoss(AvgLoss):
 
 _OURS = {DistributedTrainer: _DistributedTrainer, AvgMetric: _ExactAvgMetric, AvgLoss: _ExactAvgLoss}
 
-def _adapt(learn):
-    "`DistributedFit` under `distrib_ctx`: `learn`'s `DistributedTrainer`, `AvgMetric`s and `AvgLoss` become this module's subclasses"
+def _adapt(learn, back:bool=False):
+    "`DistributedFit` under `distrib_ctx`: `learn`'s `DistributedTrainer`, `AvgMetric`s and `AvgLoss` become this module's subclasses, or back"
     # the same objects change class: the fit's loop over the callbacks has begun, and callbacks find their metrics by identity (`AngleStats`)
+    to = {v:k for k,v in _OURS.items()} if back else _OURS
     for o in [*learn.cbs, *learn.metrics, getattr(getattr(learn, 'recorder', None), 'loss', None)]:
-        if type(o) in _OURS: o.__class__ = _OURS[type(o)]
+        if type(o) in to: o.__class__ = to[type(o)]
 
 # %% ../nbs/04b_distributed.ipynb #3968e736
 def _world(group=None) -> tuple:

@@ -108,14 +108,16 @@ def carry_loss_state(learn:Learner) -> Learner:
 class DistributedFit(Callback):
     "Under fastai's `distrib_ctx`: gloo on CPUs, `SyncBatchNorm` on CUDA only, loaders after the second whole, exact metrics"
     order = 10  # before `DistributedTrainer` (11): it must be adapted before it wraps the model and the data
-    def before_fit(self):
-        self.on = any(_is_instance(cb, 'fastai.distributed.DistributedTrainer') for cb in self.learn.cbs)
-        self.before_train()
-    def before_train(self):  # and again before each phase: callbacks add metrics in their `before_fit` (`AngleStats`)
+    def _adapt(self, back=False):
         if not getattr(self, 'on', False): return
         from .distributed import _adapt  # only now: it loads fastai.distributed and accelerate, as `distrib_ctx` has
-        _adapt(self.learn)
-    def before_validate(self): self.before_train()
+        _adapt(self.learn, back)
+    def before_fit(self):
+        self.on = any(_is_instance(cb, 'fastai.distributed.DistributedTrainer') for cb in self.learn.cbs)
+        self._adapt()
+    def before_train(self): self._adapt()  # again before each phase: callbacks add metrics in their `before_fit` (`AngleStats`)
+    def before_validate(self): self._adapt()
+    def after_fit(self): self._adapt(back=True)  # fastai's classes again: an exported learner needs no `distributed` (accelerate)
 
 class KeepHistory(Callback):
     "Keep the recorder's table of the last training fit as `recorder.history`: fastai's `validate` and `get_preds` start a new one"

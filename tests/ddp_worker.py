@@ -81,7 +81,8 @@ def fit_plain():
     with learn.distrib_ctx(): learn.fit_one_cycle(1, 3e-2)
     res['plain'] = dict(seen=SEEN[:], weights=flat(learn.model), state=learn.model.state_dict(), values=learn.recorder.values[-1],
                         names=learn.recorder.metric_names, m2=learn.recorder.hps['m2'],
-                        sync_bn=any(isinstance(m, torch.nn.SyncBatchNorm) for m in learn.model.modules()))
+                        sync_bn=any(isinstance(m, torch.nn.SyncBatchNorm) for m in learn.model.modules()),
+                        classes=[type(o).__module__ for o in [*learn.metrics, learn.recorder.loss]])
     SEEN.clear()
 
 def fit_sharded():

@@ -123,6 +123,7 @@ def test_ddp_fit_disjoint_shards_identical_weights(ranks):
     torch.testing.assert_close(a['weights'], b['weights'], rtol=0, atol=0)
     assert a['values'] == b['values']  # both ranks report the same figures
     assert not a['sync_bn']  # on CPUs distrib_ctx keeps BatchNorm: SyncBatchNorm has no CPU kernel
+    assert a['classes'] == ['fastai.learner']*2  # after the fit, fastai's own `AvgMetric` and `AvgLoss` again (the exact ones are for the fit)
     assert a['m2'] == b['m2'] == pytest.approx([0, .075, .15, .225])  # MarginScheduler: SchedLin(0, .3) over 4 batches, alike on both
 
 def test_ddp_metrics_are_on_the_whole_validation_set(ranks, real_mnist):
