@@ -54,7 +54,8 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, pretraine
     cfg = parse_loss(loss)
     if cfg is None: return softmax_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **kwargs)
     if 'preset' in cfg: return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **FAMILY_PRESETS[cfg['preset']](dls), **kwargs)
-    cfg = dict(cfg) if loss in PRESETS else {'s': 30., 'warmup': 0., **cfg}  # a margin spec is the recipe it names: the paper's s = 30, no warmup
+    cfg = dict(cfg)
+    if loss not in PRESETS: cfg,kwargs = {'s': 30., 'warmup': 0., **cfg},{'wd': .01, **kwargs}  # a margin spec is the paper's recipe: s = 30, no warmup, fastai's decay
     if not cfg.pop('fallback', 1.): kwargs['loss_func'] = NoFallbackLoss(**{k: v for k,v in cfg.items() if k != 'warmup'})
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **cfg, **kwargs)
 
