@@ -3,7 +3,7 @@ from the first step) does not; and a threshold calibrated on some new identities
 others. 280 seen three-digit numbers (hard to read: 12 px digits, thin faint strokes), 13 training images each;
 `fit_one_cycle(10, 3e-2)`, as `cosine-compare` trains. benchmarks/many_classes.py has the full-size
 figures (700 identities, 3 seeds)."""
-import warnings
+import random, warnings
 import numpy as np, pytest
 from fastai.vision.all import set_seed
 from cosine_losses.identities import mnist_numbers, identity_dls
@@ -24,6 +24,7 @@ def _fit(make):
     "The learner `make()` trained as `cosine-compare` trains, from seed 0, its validation accuracy and its `StuckRunWarning`s"
     set_seed(0, reproducible=True)
     learn = make()
+    for dl in learn.dls.loaders: dl.rng = random.Random(0)  # fastai's loaders shuffle with their own generator: each fit as if it were the first
     with warnings.catch_warnings(record=True) as w, learn.no_bar(), learn.no_logging():
         warnings.simplefilter('always')
         learn.fit_one_cycle(10, 3e-2)
