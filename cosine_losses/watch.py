@@ -35,7 +35,7 @@ def _pair_cosine(f:Tensor) -> Tensor:
 
 class StuckRunWatch(Callback):
     "Warn once, with the numbers and what to try, when a run is at chance, sinks at full margins, memorises, or collapses to one direction"
-    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes', 'prev', 'chance', 'at_chance', 'told', 'evaluated')  # after the step; a `Checkpoint` resume goes on watching
+    order,_ckpt_attrs = 60,('stuck', 'active', 'loss0', 'sums', 'n_classes', 'prev', 'chance', 'at_chance', 'told', 'evaluated', 'narrow')  # after the step; a `Checkpoint` resume goes on watching
     def __init__(self,
         factor:float=2., # stuck if the training accuracy is at most `factor` × chance (1/number of classes; with few classes, chance + 10 %)...
         until:float=.3, # ...at the end of any epoch from the first that completes this share of training on
@@ -46,7 +46,7 @@ class StuckRunWatch(Callback):
 
     def before_fit(self):
         self.stuck,self.active,self.loss0,self.hook = None,not hasattr(self.learn, 'lr_finder'),float('nan'),None
-        self.prev,self.chance,self.at_chance,self.told,self.evaluated = None,None,False,False,False
+        self.prev,self.chance,self.at_chance,self.told,self.evaluated,self.narrow = None,None,False,False,False,False
         if self.active: self.hook = get_model(self.learn.model)[-1].register_forward_pre_hook(lambda m,i: setattr(self, 'feats', i[0]))  # DDP too
     def after_fit(self):
         if self.hook is not None: self.hook.remove()
@@ -86,12 +86,13 @@ class StuckRunWatch(Callback):
             warnings.warn(f"StuckRunWatch cannot tell chance from learning on {n:.0f} training images in half an epoch ({min(10*self.n_classes, 1000)} "
                           f"needed with {self.n_classes} classes); it watches for collapse, a sinking loss and memorising only", stacklevel=2)
         evaluated = done and vpair is not None and vpair > self.collapse and valid <= near  # as a gallery embeds: BatchNorm's running statistics
-        kind = ('collapsed' if pair > self.collapse or evaluated and (self.evaluated or last) else  # early running statistics may still catch up
+        narrow = pair > self.collapse  # a run can pass through a cone for an epoch on its way to learning (SphereFace on glyphs: 0.53, then 0.45)
+        kind = ('collapsed' if narrow and (self.narrow or last) or evaluated and (self.evaluated or last) else  # early running statistics may catch up
                 'chance' if at_chance and (self.at_chance or last) else  # a slow starter leaves chance after one judged epoch
                 'sinking' if full and self.chance is not None and self.prev is not None and loss >= max(self.prev, self.sink*self.chance) else
                 'memorising' if done and valid is not None and hits >= max(.1, self.memorise*valid) else None)
         if kind: self._warn(kind, hits, valid, chance, pair, vpair, loss)
-        self.prev,self.at_chance,self.evaluated = loss,at_chance,evaluated
+        self.prev,self.at_chance,self.evaluated,self.narrow = loss,at_chance,evaluated,narrow
 
     def _warn(self, kind, acc, valid, chance, pair, vpair, loss):
         self.stuck = dict(kind=kind, epoch=self.epoch + 1, accuracy=acc, valid_accuracy=valid, chance=chance, pair_cosine=pair, valid_pair_cosine=vpair,
