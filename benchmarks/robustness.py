@@ -16,6 +16,7 @@ Every run is a row of `--out` (CSV), written as it ends: run the same command ag
     python benchmarks/robustness.py --families glyphs --losses softmax curricularface adaface elasticface magface \\
         --out results/robustness/family.csv                           # the family's presets
     python benchmarks/robustness.py --families glyphs-hard --bss 256 --losses softmax cosface arcface --wd 0.1 --out wd.csv  # a remedy tried
+    python benchmarks/robustness.py --wd 0.01 --out results/robustness/wd0.01/runs.csv  # every learner at fastai's decay, 0.01
 """
 import argparse, itertools, os, time, warnings
 from pathlib import Path
@@ -67,7 +68,7 @@ def main():
     p.add_argument('--threads', type=int, nargs='+', default=[2])
     p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--n-ids', type=int, default=1000)
-    p.add_argument('--wd', type=float, default=None, help="weight decay of every learner (default fastai's, 0.01); one --out per value")
+    p.add_argument('--wd', type=float, default=None, help="weight decay of every learner (default: each its own, 0.1 cosine, 0.01 softmax); one --out per value")
     p.add_argument('--out', default='results/robustness/runs.csv')
     a = p.parse_args()
     fastprogress.NO_BAR = True

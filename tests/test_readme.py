@@ -44,3 +44,11 @@ def test_readme_applies_nbdev_directives(tmp_path):
     nbformat.write(nb, p)
     md,_ = MarkdownExporter(config=PyFileConfigLoader('readme.py', path=str(root/'docs')).load_config()).from_filename(str(p))
     assert md.split() == ['#', 'T', 'shown', '```python', 'loud()', '```', '```python', 'x', '=', '1', '```', '1']
+
+def test_first_example_runs_as_printed():
+    "The README's first example is a cell of index.ipynb that `test_index_runs` executes (no `#|` directive skips it), its output saved"
+    import re
+    block = re.search(r'## A first run\n.*?```python\n(.*?)```', (root/'README.md').read_text(), re.S)[1]
+    cells = [c for c in nbformat.read(root/'index.ipynb', as_version=4).cells if c.cell_type == 'code' and c.source.strip() == block.strip()]
+    assert len(cells) == 1 and not cells[0].source.lstrip().startswith('#|'), cells
+    assert 'glyph_identities' in block and 'precision_at_1' in ''.join(o.get('text', '') for o in cells[0].outputs)  # offline data, scores shown
