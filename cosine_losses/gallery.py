@@ -334,7 +334,7 @@ def is_milvus_uri(
 def _embedder(model):
     "`model`, a fastai `Learner` given the methods of `learner_gallery` (`embed_items`, `fingerprint`) if they are not there yet"
     fl = sys.modules.get('fastai.learner')  # without fastai there is no `Learner` to give them to
-    if fl and isinstance(model, fl.Learner) and not hasattr(model, 'embed_items'): importlib.import_module('.learner_gallery', __package__)
+    if fl and isinstance(model, fl.Learner) and not hasattr(model, 'embed_items'): importlib.import_module(f'{__package__}.learner_gallery')
     return model
 
 def enrol_folder(
