@@ -108,8 +108,14 @@ class StuckRunWatch(Callback):
                'sinking': "Try a lower learning rate (a third of the peak)" + (", or a lower scale s" if hasattr(lf, 's') else ""),
                **({'collapsed': "Only in evaluation mode: BatchNorm's running statistics have not caught up with training; try more steps "
                                 "(a smaller batch size, more epochs) or a pretrained body"} if pair <= self.collapse else {}),
-              }.get(kind, f"With {C} classes a margin loss at scale s={getattr(lf, 's', '?')} can settle there instead of learning: try "
-                          f"s='auto' ({auto_scale(C):.1f} for {C} classes), the margins ramped from 0 (`warmup`), or a higher learning rate"
-                          if hasattr(lf, 's') else "Try another learning rate, or check that the labels match the images")
+              }.get(kind, self._margin_advice(lf, C) if hasattr(lf, 's') else "Try another learning rate, or check that the labels match the images")
         warnings.warn(f"this run is not learning: after epoch {self.epoch + 1} of {self.n_epoch}, {what}; the loss went from {self.loss0:.3g} "
                       f"(first epoch) to {loss:.3g}. {how}", StuckRunWarning, stacklevel=2)
+
+    def _margin_advice(self, lf, C):
+        "What to try when a margin loss settles at chance: only what the run does not already do"
+        s = float(lf.s) if isinstance(lf.s, (int, float, Tensor)) else None
+        tries = [f"s='auto' ({auto_scale(C):.1f} for {C} classes)"] * (s is None or abs(s - auto_scale(C)) > 1e-6)
+        tries += ["the margins ramped from 0 (`warmup`)"] * (not hasattr(self.learn, 'margin_warmup')) + ["a higher learning rate"]
+        return (f"With {C} classes a margin loss at scale s={lf.s if s is None else f'{s:g}'} can settle there instead of learning: try "
+                + (f"{', '.join(tries[:-1])}, or {tries[-1]}" if len(tries) > 1 else tries[0]))
