@@ -30,8 +30,8 @@ import fastai.vision.data, fastai.vision.learner  # register `show_batch`, `show
 # %% auto #0
 __all__ = ['ImageRow', 'MNIST_ENV', 'OML_COLUMNS', 'read_idx', 'write_idx', 'read_idx_folder', 'read_png_folder', 'ImageRows',
            'ToImageBW', 'ToImageColour', 'image_tfm', 'IndexCategorize', 'TensorBatchDL', 'pixel_stats', 'tensor_dls',
-           'mnist_path', 'idx_dls', 'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'folder_dls',
-           'csv_dls', 'synthetic_folder']
+           'mnist_path', 'idx_dls', 'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'synthetic_folder',
+           'folder_dls', 'csv_dls']
 
 # %% ../nbs/03_data.ipynb #d7dbf9cb
 def _gzipped(fname:Path): return fname.suffix == '.gz'
@@ -165,6 +165,7 @@ class ToImageBW(DisplayedTransform):
         if t.ndim != 2 or t.dtype != torch.uint8: raise _bad_image(o, t, 'greyscale image as a (H, W)')
         return TensorImageBW(t[None])
 
+# %% ../nbs/03_data.ipynb #f81eb3c4
 class ToImageColour(DisplayedTransform):
     "One colour image (`ImageRow`, (H, W, 3) uint8 tensor or array, PIL image, image file) as a (3, H, W) uint8 `TensorImage`"
     input_types = ToImageBW.input_types
@@ -173,6 +174,7 @@ class ToImageColour(DisplayedTransform):
         if t.ndim != 3 or t.shape[-1] != 3 or t.dtype != torch.uint8: raise _bad_image(o, t, 'colour image as a (H, W, 3)')
         return TensorImage(t.permute(2, 0, 1).contiguous())
 
+# %% ../nbs/03_data.ipynb #f997c2c0
 def image_tfm(x:Tensor) -> Transform:
     "The item transform for images stored as `x`: `ToImageColour` for (N, H, W, 3), `ToImageBW` for (N, H, W)"
     return ToImageColour() if x.ndim == 4 else ToImageBW()
@@ -181,6 +183,7 @@ def _batch_image(x:Tensor):
     "A uint8 batch (B, H, W) or (B, H, W, 3) as the (B, C, H, W) image the per-item path collates"
     return TensorImage(x.permute(0, 3, 1, 2).contiguous()) if x.ndim == 4 else TensorImageBW(x[:,None])
 
+# %% ../nbs/03_data.ipynb #611d0544
 class IndexCategorize(Categorize):
     "`Categorize` for labels that already are indices into `vocab`, which keeps its order"
     def __init__(self, vocab): super().__init__(vocab, sort=False)
@@ -273,6 +276,7 @@ def idx_dls(
     "`tensor_dls` of the IDX dataset in `path`: MNIST, Fashion-MNIST, KMNIST, ..."
     return tensor_dls(*read_idx_folder(path, train, valid), bs=bs, vocab=vocab, **kwargs)
 
+# %% ../nbs/03_data.ipynb #859ec469
 def read_mnist(path=None) -> tuple:
     "(x_train, y_train, x_valid, y_valid) of MNIST, found as `mnist_path` finds it, from IDX files or fastai's mnist_png"
     path = mnist_path(path)
@@ -281,6 +285,7 @@ def read_mnist(path=None) -> tuple:
     raise FileNotFoundError(f"{path} holds neither MNIST's IDX files ({', '.join(f'{s}-{n}' for s in ('train','t10k') for n in _IDX_NAMES)}, "
                             "gzipped or not) nor fastai's mnist_png layout (training/<label>/*.png, testing/<label>/*.png)")
 
+# %% ../nbs/03_data.ipynb #81abcd95
 @delegates(tensor_dls)
 def mnist_dls(
     path=None, # MNIST's IDX files or mnist_png folder; default $COSINE_LOSSES_MNIST, else fastai's download
@@ -315,6 +320,7 @@ def synthetic_idx(
         write_idx(path/f'{split}-images-idx3-ubyte.gz', x.to(torch.uint8)); write_idx(path/f'{split}-labels-idx1-ubyte.gz', y.to(torch.uint8))
     return path
 
+# %% ../nbs/03_data.ipynb #6f6f5c32
 def mnist_or_standin(
     standin=None, # where to write the stand-in; default a folder in the system's temporary directory
     **kwargs # passed to `synthetic_idx`
@@ -326,6 +332,25 @@ def mnist_or_standin(
     warnings.warn("MNIST not found and not downloadable: using a small synthetic stand-in (set $COSINE_LOSSES_MNIST for the real data)")
     os.environ[MNIST_ENV] = str(synthetic_idx(standin or Path(tempfile.gettempdir())/'cosine_losses_standin', **kwargs))
     return False
+
+# %% ../nbs/03_data.ipynb #3b7e5d29
+def synthetic_folder(
+    path, # folder to write `<class>/<i>.png` into
+    classes=('apple', 'banana', 'cherry', 'damson', 'elder', 'fig'), # class names, the folders' names (up to 8)
+    n:int=8, # images per class
+    sizes:tuple=(24, 40), # heights and widths are drawn from [lo, hi)
+    mode:str='RGB', # 'RGB' for colour, 'L' for greyscale
+    seed:int=0, # the noise's and sizes' seed
+) -> list:
+    "A stand-in for one's photos: PNGs of mixed sizes in class-name folders, class i a bright bar of its own place and colour"
+    if len(classes) > 8 or sizes[0] < 24: raise ValueError("synthetic_folder draws up to 8 classes on images of at least 24 × 24")
+    rng,files = np.random.default_rng(seed),[]
+    for i,c in enumerate(classes):
+        (Path(path)/c).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            a = rng.integers(0, 60, (*rng.integers(*sizes, 2), 3), dtype=np.uint8); a[:12, 2*i:2*i+8, i % 3] = 250
+            files.append(Path(path)/c/f'{j}.png'); Image.fromarray(a).convert(mode).save(files[-1])
+    return files
 
 # %% ../nbs/03_data.ipynb #3b7e5d23
 def _image_size(f) -> tuple:
@@ -359,6 +384,7 @@ def folder_dls(
                       **_dls_kwargs(files[0], size, augment))
     return block.dataloaders(path, path=path, bs=bs, num_workers=num_workers, **kwargs)  # `dls.path`: saves go there, as `from_folder`
 
+# %% ../nbs/03_data.ipynb #98ab8975
 OML_COLUMNS = 'path','label','split','is_query','is_gallery'
 
 def _oml_splitter(valid_pct, seed):
@@ -393,26 +419,6 @@ def csv_dls(
     block = DataBlock((ImageBlock(_img_cls(first)), CategoryBlock), get_x=ColReader(fn_col, pref=pref), get_y=ColReader(label_col),
                       splitter=splitter, **_dls_kwargs(first, size, augment))
     return block.dataloaders(df, path=root, bs=bs, num_workers=num_workers, **kwargs)  # `dls.path`: the images' folder, as `from_csv`
-
-
-# %% ../nbs/03_data.ipynb #3b7e5d29
-def synthetic_folder(
-    path, # folder to write `<class>/<i>.png` into
-    classes=('apple', 'banana', 'cherry', 'damson', 'elder', 'fig'), # class names, the folders' names (up to 8)
-    n:int=8, # images per class
-    sizes:tuple=(24, 40), # heights and widths are drawn from [lo, hi)
-    mode:str='RGB', # 'RGB' for colour, 'L' for greyscale
-    seed:int=0, # the noise's and sizes' seed
-) -> list:
-    "A stand-in for one's photos: PNGs of mixed sizes in class-name folders, class i a bright bar of its own place and colour"
-    if len(classes) > 8 or sizes[0] < 24: raise ValueError("synthetic_folder draws up to 8 classes on images of at least 24 × 24")
-    rng,files = np.random.default_rng(seed),[]
-    for i,c in enumerate(classes):
-        (Path(path)/c).mkdir(parents=True, exist_ok=True)
-        for j in range(n):
-            a = rng.integers(0, 60, (*rng.integers(*sizes, 2), 3), dtype=np.uint8); a[:12, 2*i:2*i+8, i % 3] = 250
-            files.append(Path(path)/c/f'{j}.png'); Image.fromarray(a).convert(mode).save(files[-1])
-    return files
 
 # %% ../nbs/03_data.ipynb #09b191df
 def _is_instance(o, cls) -> bool:

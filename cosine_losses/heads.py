@@ -55,6 +55,7 @@ class _Cosines(torch.autograd.Function):
             gw = gw.addcmul_(wo, torch.where(wr >= _EPS, _rowdot(wo, gw)*winv*winv, 0.)[:,None], value=-1).mul_(winv[:,None]).to(w.dtype)
         return gx,gw,None
 
+# %% ../nbs/01_heads.ipynb #a9a8517d
 class ArcFaceHead(nn.Module):
     "Float32 cosines between L2-normalised features and `n_out` class centres (the closest of `k` sub-centres)"
     def __init__(self,

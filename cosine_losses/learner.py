@@ -30,6 +30,7 @@ def paper_cnn(
     chans = (n_in, *widths)
     return nn.Sequential(*[ConvLayer(ni, nf, ks=5 if i == 0 else 3, stride=2) for i,(ni,nf) in enumerate(zip(chans, chans[1:]))])
 
+# %% ../nbs/02_learner.ipynb #f645964b
 def paper_embedding(nf:int=64, emb_size:int=128) -> nn.Sequential:
     "The book's last conv layer, to `emb_size` features, pooled and flattened"
     return nn.Sequential(ConvLayer(nf, emb_size, stride=2, act_cls=None), nn.AdaptiveAvgPool2d(1), Flatten())
@@ -71,19 +72,7 @@ def cosine_model(
             raise ConnectionError(msg) from e
     return nn.Sequential(*model, head(emb_size, n_out))
 
-# %% ../nbs/02_learner.ipynb #d19ea927
-def _n_in(dls, kwargs) -> int:
-    "Input channels as the model will see them: `n_in` if given, else those of the first item after the item transforms"
-    if 'n_in' in kwargs: return kwargs.pop('n_in')
-    dl = dls.valid if len(dls.valid_ds) else dls.train  # validation item transforms draw no crop (random state kept anyway)
-    state = random.getstate(),np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]): x = dl.do_item(0)[0]
-    finally: random.setstate(state[0]); np.random.set_state(state[1])
-    if isinstance(x, Image.Image): return len(x.getbands())  # no `ToTensor` among the item transforms
-    if not isinstance(x, Tensor) or x.ndim not in (2, 3): raise TypeError(f"cannot tell the input channels from an item of type {type(x).__name__}: pass `n_in`")
-    return 1 if x.ndim == 2 else x.shape[0]
-
+# %% ../nbs/02_learner.ipynb #f9a24617
 def loss_state(loss_func) -> dict:
     "The loss's buffers (running statistics) as a state dict; `{}` for a loss without any"
     return loss_func.state_dict() if isinstance(loss_func, nn.Module) else {}
@@ -105,6 +94,7 @@ def carry_loss_state(learn:Learner) -> Learner:
     m.__dict__['_loss_func'] = learn.loss_func  # a reference, not a submodule: no parameters, device moves, train/eval or DDP broadcasts
     return learn
 
+# %% ../nbs/02_learner.ipynb #cb6f4d96
 class DistributedFit(Callback):
     "Under fastai's `distrib_ctx`: gloo on CPUs, `SyncBatchNorm` on CUDA only, loaders after the second whole, exact metrics"
     order = 10  # before `DistributedTrainer` (11): it must be adapted before it wraps the model and the data
@@ -119,12 +109,26 @@ class DistributedFit(Callback):
     def before_validate(self): self._adapt()
     def after_fit(self): self._adapt(back=True)  # fastai's classes again: an exported learner needs no `distributed` (accelerate)
 
+# %% ../nbs/02_learner.ipynb #3fc6cb8c
 class KeepHistory(Callback):
     "Keep the recorder's table of the last training fit as `recorder.history`: fastai's `validate` and `get_preds` start a new one"
     order = Recorder.order + 1
     def after_fit(self):
         r = getattr(self.learn, 'recorder', None)  # a training fit's rows have every column but epoch and time; a validation's lack the training loss
         if r is not None and r.values and len(r.values[-1]) == len(r.metric_names) - 2: r.history = list(r.metric_names),[list(v) for v in r.values]
+
+# %% ../nbs/02_learner.ipynb #d19ea927
+def _n_in(dls, kwargs) -> int:
+    "Input channels as the model will see them: `n_in` if given, else those of the first item after the item transforms"
+    if 'n_in' in kwargs: return kwargs.pop('n_in')
+    dl = dls.valid if len(dls.valid_ds) else dls.train  # validation item transforms draw no crop (random state kept anyway)
+    state = random.getstate(),np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]): x = dl.do_item(0)[0]
+    finally: random.setstate(state[0]); np.random.set_state(state[1])
+    if isinstance(x, Image.Image): return len(x.getbands())  # no `ToTensor` among the item transforms
+    if not isinstance(x, Tensor) or x.ndim not in (2, 3): raise TypeError(f"cannot tell the input channels from an item of type {type(x).__name__}: pass `n_in`")
+    return 1 if x.ndim == 2 else x.shape[0]
 
 @delegates(create_vision_model, but=['n_out', 'custom_head', 'y_range', 'pretrained', 'weights'])
 def _head_learner(
@@ -159,14 +163,6 @@ def _head_learner(
     store_attr('arch,normalize,n_out,pretrained,emb_size', self=learn)
     return carry_loss_state(learn)
 
-def _margined(m1, m2, m3) -> bool: return bool(torch.as_tensor(m1).ne(1).any() or torch.as_tensor(m2).ne(0).any() or torch.as_tensor(m3).ne(0).any())
-
-def _dynamic(m, name, dls, n_out):
-    "`m`, or the dynamic per-class margins of the training labels of `dls` if `m` is 'dynamic'"
-    if not isinstance(m, str): return m
-    if m != 'dynamic': raise ValueError(f"`{name}` must be a margin, a tensor of per-class margins or 'dynamic', got {m!r}")
-    return dynamic_margins(train_labels(dls), ifnone(n_out, get_c(dls)))
-
 # %% ../nbs/02_learner.ipynb #3c95c216
 class KeepLossStats(Callback):
     "Put the loss's buffers (running statistics) back after `lr_find`, as fastai puts the model's weights back"
@@ -189,6 +185,15 @@ class MarginWarmup(Callback):
         lf.m1,lf.m2,lf.m3 = 1 + (self.m1 - 1)*r,self.m2*r,self.m3*r
         self.ramping = r < 1
     def after_fit(self): lf = self.learn.loss_func; lf.m1,lf.m2,lf.m3 = self.m1,self.m2,self.m3
+
+# %% ../nbs/02_learner.ipynb #6e7c0b3b
+def _margined(m1, m2, m3) -> bool: return bool(torch.as_tensor(m1).ne(1).any() or torch.as_tensor(m2).ne(0).any() or torch.as_tensor(m3).ne(0).any())
+
+def _dynamic(m, name, dls, n_out):
+    "`m`, or the dynamic per-class margins of the training labels of `dls` if `m` is 'dynamic'"
+    if not isinstance(m, str): return m
+    if m != 'dynamic': raise ValueError(f"`{name}` must be a margin, a tensor of per-class margins or 'dynamic', got {m!r}")
+    return dynamic_margins(train_labels(dls), ifnone(n_out, get_c(dls)))
 
 @delegates(_head_learner, but=['head', 'loss_func'])
 def cosine_learner(

@@ -259,11 +259,13 @@ class ArcFaceLoss(CombinedMarginLoss):
     "ArcFace: additive angular margin `m`, eq. (3) of Deng et al. 2019"
     def __init__(self, m:float=0.5, **kwargs): super().__init__(m1=1., m2=m, m3=0., **kwargs)
 
+# %% ../nbs/00_losses.ipynb #d920a7ca
 @delegates(CombinedMarginLoss, but=['m1', 'm2', 'm3'])
 class CosFaceLoss(CombinedMarginLoss):
     "CosFace: additive cosine margin `m`, eq. (4) of Wang et al. 2018"
     def __init__(self, m:float=0.35, **kwargs): super().__init__(m1=1., m2=0., m3=m, **kwargs)
 
+# %% ../nbs/00_losses.ipynb #d7656d1a
 @delegates(CombinedMarginLoss, but=['m1', 'm2', 'm3'])
 class SphereFaceLoss(CombinedMarginLoss):
     "SphereFace: multiplicative angular margin `m` with the ψ extension of eq. (6) of Liu et al. 2017"
@@ -274,6 +276,7 @@ def adacos_scale(n_classes:int) -> float:
     "AdaCos's fixed scale √2·ln(C − 1) for `n_classes` = C (Zhang et al. 2019, eq. 13)"
     return math.sqrt(2)*math.log(max(n_classes - 1, 2))
 
+# %% ../nbs/00_losses.ipynb #95b47b79
 def auto_scale(n_classes:int) -> float:
     "The default scale for `n_classes`: AdaCos's fixed scale, at least 10"
     return max(10., adacos_scale(n_classes))
