@@ -20,6 +20,7 @@ __all__ = ['StuckRunWarning', 'chance_loss', 'StuckRunWatch']
 # %% ../nbs/01b_watch.ipynb #9d7d4fd9
 class StuckRunWarning(UserWarning): "A run that is not learning: at chance, sinking at full margins, memorising its training images, or collapsed"
 
+# %% ../nbs/01b_watch.ipynb #2b018bc6
 def chance_loss(loss_func, pred:Tensor, targ:Tensor, rows:int=64) -> float|None:
     "The loss of a model that knows nothing (every cosine or logit 0) on `targ`, at the loss's current margins; `None` where it cannot be had"
     if isinstance(loss_func, nn.Module) and any(True for _ in loss_func.buffers()): return None  # a call would move its running statistics
@@ -28,6 +29,7 @@ def chance_loss(loss_func, pred:Tensor, targ:Tensor, rows:int=64) -> float|None:
         with torch.no_grad(): return float(loss_func(torch.zeros(len(targ), pred.shape[1], device=pred.device), targ))
     except Exception: return None  # e.g. a loss that needs the feature norms
 
+# %% ../nbs/01b_watch.ipynb #f93df095
 def _pair_cosine(f:Tensor) -> Tensor:
     "Mean cosine between distinct rows of unit vectors `f`: ‖Σf‖² counts each pair twice, plus each row once"
     n = len(f)
