@@ -26,6 +26,7 @@ def graph_hash(
     "A hash of an ONNX model's graph, its operators and weights: any change to the network changes it"
     return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()[:16]
 
+# %% ../nbs/04i_embedder.ipynb #26042ca9
 def _image(o, mode:str) -> Image.Image:
     "An image file, PIL image or uint8 array (H, W) or (H, W, C) as a PIL image in `mode`, as fastai's `PILImage.create` opens it"
     if isinstance(o, (str, Path)):

@@ -17,7 +17,7 @@ from .openset import OpenSetDataLoaders, open_set_dls
 
 # %% auto #0
 __all__ = ['FASHION_ENV', 'FASHION_DEBIAN', 'FASHION_CLASSES', 'GLYPH_CHARS', 'GLYPH_FONTS', 'composite_identities',
-           'mnist_numbers', 'fashion_path', 'fashion_outfits', 'show_identities', 'glyph_identities', 'identity_dls',
+           'mnist_numbers', 'show_identities', 'fashion_path', 'fashion_outfits', 'glyph_identities', 'identity_dls',
            'write_identity_folder']
 
 # %% ../nbs/03b_identities.ipynb #3ae9fb6b
@@ -82,10 +82,6 @@ def composite_identities(
     return (*res, src) if with_src else res
 
 # %% ../nbs/03b_identities.ipynb #59e4b6eb
-FASHION_ENV = 'COSINE_LOSSES_FASHION'
-FASHION_DEBIAN = '/usr/share/datasets/fashion-mnist'
-FASHION_CLASSES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot')
-
 def _pool(data:tuple, pool:str) -> tuple:
     "The (images, labels) of (x_train, y_train, x_valid, y_valid) to draw from"
     xt,yt,xv,yv = data
@@ -104,26 +100,6 @@ def mnist_numbers(
 ) -> tuple:
     "(images (N, 28, 28·`digits`), labels, names like '042') of `n_ids` numbers, each written `per_id` times by random MNIST writers"
     return composite_identities(*_pool(read_mnist(path), pool), n_ids=n_ids, per_id=per_id, parts=digits, seed=seed, **kwargs)
-
-def fashion_path(path=None) -> Path:
-    "Fashion-MNIST's folder: `path`, else $COSINE_LOSSES_FASHION, else Debian's `dataset-fashion-mnist`"
-    p = Path(path or os.environ.get(FASHION_ENV) or FASHION_DEBIAN).expanduser()
-    if not p.is_dir(): raise FileNotFoundError(f"Fashion-MNIST not found in {p}: pass `path=` a folder of its four IDX files, "
-                                               f"set ${FASHION_ENV}, or `apt-get install dataset-fashion-mnist` (Debian)")
-    return p
-
-def fashion_outfits(
-    n_ids:int=1000, # identities (outfits), at most 10**`items`
-    per_id:int=20, # images of each
-    items:int=3, # pieces of clothing in each outfit
-    seed:int=0, # seeds the outfits and the draws
-    pool:str='train', # draw the pieces from Fashion-MNIST's 'train' images, its 'test' images, or 'all'
-    path=None, # Fashion-MNIST's folder (see `fashion_path`)
-    **kwargs # passed to `composite_identities`: `size`, `thin`, `shift`, `with_src`
-) -> tuple:
-    "(images (N, 28, 28·`items`), labels, names like 'coat+bag+boot') of `n_ids` outfits, each `per_id` times of random pieces"
-    return composite_identities(*_pool(read_idx_folder(fashion_path(path)), pool), n_ids=n_ids, per_id=per_id, parts=items, seed=seed,
-                                class_names=FASHION_CLASSES, sep='+', **kwargs)
 
 # %% ../nbs/03b_identities.ipynb #43fc6857
 def _tints(n:int, seed:int=0) -> np.ndarray:
@@ -160,6 +136,32 @@ def show_identities(
         row[0].set_ylabel(names[i], rotation=0, ha='right', va='center')
     fig.tight_layout(pad=.2)
     return fig
+
+# %% ../nbs/03b_identities.ipynb #efe5b04e
+FASHION_ENV = 'COSINE_LOSSES_FASHION'
+FASHION_DEBIAN = '/usr/share/datasets/fashion-mnist'
+FASHION_CLASSES = ('tshirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'boot')
+
+def fashion_path(path=None) -> Path:
+    "Fashion-MNIST's folder: `path`, else $COSINE_LOSSES_FASHION, else Debian's `dataset-fashion-mnist`"
+    p = Path(path or os.environ.get(FASHION_ENV) or FASHION_DEBIAN).expanduser()
+    if not p.is_dir(): raise FileNotFoundError(f"Fashion-MNIST not found in {p}: pass `path=` a folder of its four IDX files, "
+                                               f"set ${FASHION_ENV}, or `apt-get install dataset-fashion-mnist` (Debian)")
+    return p
+
+# %% ../nbs/03b_identities.ipynb #31b4e3e4
+def fashion_outfits(
+    n_ids:int=1000, # identities (outfits), at most 10**`items`
+    per_id:int=20, # images of each
+    items:int=3, # pieces of clothing in each outfit
+    seed:int=0, # seeds the outfits and the draws
+    pool:str='train', # draw the pieces from Fashion-MNIST's 'train' images, its 'test' images, or 'all'
+    path=None, # Fashion-MNIST's folder (see `fashion_path`)
+    **kwargs # passed to `composite_identities`: `size`, `thin`, `shift`, `with_src`
+) -> tuple:
+    "(images (N, 28, 28·`items`), labels, names like 'coat+bag+boot') of `n_ids` outfits, each `per_id` times of random pieces"
+    return composite_identities(*_pool(read_idx_folder(fashion_path(path)), pool), n_ids=n_ids, per_id=per_id, parts=items, seed=seed,
+                                class_names=FASHION_CLASSES, sep='+', **kwargs)
 
 # %% ../nbs/03b_identities.ipynb #550e1411
 GLYPH_CHARS = 'ABCDEFGHJKLMNPQRSTUVWXYZ23456789'  # no I, O, 0 or 1: in some typefaces they are one another
