@@ -7,6 +7,8 @@ C classes. Contenders (all ArcFace m=0.5, s=30 except the plain softmax baseline
 - ours:      `ArcFaceHead(d, C)` + `CombinedMarginLoss(s=30, m2=0.5)`
 - naive:     the straightforward formulation: normalise the C×d centres every step, margin a full one-hot copy of the logits
 - pml:       pytorch-metric-learning's `ArcFaceLoss` (margin in degrees: 28.65° = 0.5 rad), if it is installed
+- fused:     `fused_margin_loss(x, ArcFaceHead(d, C).weight, y, s=30, m2=0.5)`: the rows in blocks of at most 2²⁶ cosines,
+             gradients made in the forward; fused_2e24, fused_2e28: blocks of 2²⁴ and 2²⁸ cosines
 - on request (--contenders): ours_host / ours_device / ours_nocheck, ours with `check='host'`, `'device'`, `False`; and
   linear_ce_compiled / ours_compiled, the step function `torch.compile`d (inductor, fullgraph)
 
@@ -43,6 +45,12 @@ def ours(C, d, device='cpu', **kw):
     head,loss = ArcFaceHead(d, C).to(device),CombinedMarginLoss(s=S, m2=M, **kw)
     return head, lambda x, y: loss(head(x), y)
 
+def fused(C, d, device='cpu', block=2**26):
+    from cosine_losses.heads import ArcFaceHead
+    from cosine_losses.fused import fused_margin_loss
+    head = ArcFaceHead(d, C).to(device)
+    return head, lambda x, y: fused_margin_loss(x, head.weight, y, s=S, m2=M, block=block)
+
 def compiled(make):
     "`make`'s step function compiled with `torch.compile` (inductor; forward and backward graphs, fullgraph)"
     def build(C, d, device='cpu'):
@@ -78,7 +86,8 @@ CONTENDERS = dict(linear_ce=linear_ce, ours=ours, naive=naive, pml=pml,
                   ours_host=lambda C, d, device='cpu': ours(C, d, device, check='host'),  # checks read back to the host
                   ours_device=lambda C, d, device='cpu': ours(C, d, device, check='device'),  # one device-side assertion
                   ours_nocheck=lambda C, d, device='cpu': ours(C, d, device, check=False),
-                  linear_ce_compiled=compiled(linear_ce), ours_compiled=compiled(ours))
+                  linear_ce_compiled=compiled(linear_ce), ours_compiled=compiled(ours),
+                  fused=fused, fused_2e24=lambda C, d, device='cpu': fused(C, d, device, 2**24), fused_2e28=lambda C, d, device='cpu': fused(C, d, device, 2**28))
 DEFAULT = ['linear_ce', 'ours', 'naive', 'pml']
 
 def inputs(N, d, C, device='cpu', seed=0):

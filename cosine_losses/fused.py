@@ -1,4 +1,4 @@
-"""The cosine head and the combined margin loss in one pass over the classes, in chunks: no N×C cosines are kept, forward or backward.
+"""The cosine head and the combined margin loss in one function, in blocks: no N×C cosines are kept, forward or backward.
 
 Docs: https://cosine-losses.github.io/cosine_losses/fused.html.md"""
 
@@ -83,6 +83,44 @@ class _FusedMarginCE(torch.autograd.Function):
         gx = gxn.addcmul_(xn, torch.where(xr >= _EPS, _rowdot(xn, gxn)[:,None], 0.), value=-1).div_(xr.clamp_min(_EPS)).to(x.dtype)
         return gx,(gw.to(w.dtype) if gw is not None else None),*[None]*9
 
+# %% ../nbs/01c_fused.ipynb #dce02044
+class _FusedMarginRows(torch.autograd.Function):
+    "Eq. (4)'s cross-entropy summed over the rows × `scale`, a block of rows at a time against every class, its gradients made on the way"
+    @staticmethod
+    def forward(ctx, x, w, targ, s, m1, m2, m3, easy_margin, detach_margin, k, rows, scale):
+        out = torch.float64 if w.dtype == torch.float64 else torch.float32
+        xo,wo = x.to(out),w.to(out)
+        xr,wr = xo.norm(dim=1, keepdim=True),wo.norm(dim=1)
+        xn,winv,C = xo/xr.clamp_min(_EPS),wr.clamp_min(_EPS).reciprocal(),len(w)//k
+        gxn,gw,total = torch.empty_like(xn),torch.zeros_like(wo) if ctx.needs_input_grad[1] else None,xn.new_zeros(())
+        for r0 in range(0, len(x), rows):
+            xb,tb = xn[r0:r0 + rows],targ[r0:r0 + rows]
+            i,block = torch.arange(len(xb), device=x.device),lambda m: m[r0:r0 + rows] if isinstance(m, Tensor) else m
+            l = F.linear(xb, wo).mul_(winv)
+            if k > 1: l,best = l.view(len(xb), C, k).max(-1)
+            t,dt = _psi_slope(l[i, tb], m1, block(m2), block(m3), easy_margin)
+            l.mul_(s)[i, tb] = t*s
+            mx = l.amax(1, keepdim=True)
+            z = l.sub_(mx).exp_().sum(1, keepdim=True)
+            total += (mx + z.log())[:,0].sum() - t.sum()*s
+            G = l.div_(z).mul_(s*scale)  # ∂L/∂cos_j = scale·s·p_j; the target's is scale·s·(p_y − 1)·dψ/dc
+            G[i, tb] = (G[i, tb] - s*scale)*(1 if dt is None or detach_margin else dt)
+            if k > 1: G = G.new_zeros(len(xb), C, k).scatter_(2, best[...,None], G[...,None]).view(len(xb), -1)  # the best sub-centre's
+            G.mul_(winv)
+            torch.mm(G, wo, out=gxn[r0:r0 + rows])
+            if gw is not None: gw.addmm_(G.t(), xb)
+        if gw is not None: gw = gw.addcmul_(wo, torch.where(wr >= _EPS, _rowdot(wo, gw)*winv*winv, 0.)[:,None], value=-1).to(w.dtype)
+        gx = gxn.addcmul_(xn, torch.where(xr >= _EPS, _rowdot(xn, gxn)[:,None], 0.), value=-1).div_(xr.clamp_min(_EPS)).to(x.dtype)
+        ctx.grads = gx,gw  # not save_for_backward: they are outputs of no graph, and backward scales them in place, once
+        return total*scale
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.grads is None: raise RuntimeError("the fused margin loss's gradients are made in the forward and given once: backward twice (retain_graph) is not supported")
+        gx,gw = ctx.grads
+        ctx.grads = None
+        return gx.mul_(g),(gw.mul_(g) if gw is not None else None),*[None]*10
+
 # %% ../nbs/01c_fused.ipynb #332041bb
 def _per_row(m, name, C, targ, dtype):
     "A margin as `_psi_slope` takes it: a float, or each row's margin from a tensor of one per class"
@@ -101,7 +139,7 @@ def fused_margin_loss(
     k:int=1, # sub-centres per class, as `ArcFaceHead(k=...)`
     easy_margin:bool=False, # ArcFace's easy margin: keep cos θ wherever cos θ <= 0
     detach_margin:bool=False, # same values, gradient of s·cos θ
-    chunk:int|None=None, # classes a chunk; None: about 2²² cosines (16 MB in float32) a chunk
+    block:int=2**26, # the most cosines held at once (256 MB in float32): rows a block in training, classes a chunk otherwise
     reduction:str='mean', # 'mean', 'sum' or 'none'
 ) -> Tensor:
     "`CombinedMarginLoss(s, m1, m2, m3)(ArcFaceHead(d, C, k)(x), targ)` over the classes in chunks, without N×C cosines"
@@ -114,7 +152,8 @@ def fused_margin_loss(
     if targ.shape != (len(x),) or len(targ) and not (0 <= targ.min() and targ.max() < C):
         raise ValueError(f"targets must be {len(x)} class indices in [0, {C}), got shape {tuple(targ.shape)}" + (f", range [{targ.min()}, {targ.max()}]" if targ.numel() else ""))
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    chunk = chunk or max(1, 2**22//max(1, len(x)))
-    loss = _FusedMarginCE.apply(x, weight, targ, float(s), m1, _per_row(m2, 'm2', C, targ, dtype), _per_row(m3, 'm3', C, targ, dtype), easy_margin, detach_margin, k, chunk)
-    return _reduce(loss, reduction)
+    margins = float(s),m1,_per_row(m2, 'm2', C, targ, dtype),_per_row(m3, 'm3', C, targ, dtype),easy_margin,detach_margin,k
+    if reduction != 'none' and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _FusedMarginRows.apply(x, weight, targ, *margins, max(1, block//len(weight)), 1/max(1, len(x)) if reduction == 'mean' else 1.)
+    return _reduce(_FusedMarginCE.apply(x, weight, targ, *margins, max(1, block//max(1, len(x)))), reduction)
 
