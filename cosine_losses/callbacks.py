@@ -43,6 +43,8 @@ def _angles(cos, targ):
     return torch.rad2deg(torch.acos(cos.gather(1, targ[:,None].long())[:,0])),torch.rad2deg(torch.acos(nearest))
 
 def theta_target(cos, targ): "Mean angle in degrees between each feature and its own class centre"; return _angles(cos, targ)[0].mean()
+
+# %% ../nbs/04_callbacks.ipynb #0aa5c986
 def theta_nearest(cos, targ): "Mean angle in degrees between each feature and the nearest other class centre"; return _angles(cos, targ)[1].mean()
 
 # %% ../nbs/04_callbacks.ipynb #84d5fbe3
@@ -68,6 +70,7 @@ class Autocast(Callback):
     def after_loss(self): self.ctx.__exit__(None, None, None)
     def after_cancel_batch(self): self.ctx.__exit__(None, None, None)
 
+# %% ../nbs/04_callbacks.ipynb #8e0630f4
 @patch
 def to_autocast(self:Learner, dtype=torch.bfloat16):
     "Train with `Autocast(dtype)`, on CPU or GPU"

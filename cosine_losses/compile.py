@@ -25,10 +25,12 @@ def compile_module(
     m._compiled_call_impl = call  # where `nn.Module.compile` puts it: `__call__` runs it, pickling drops it
     return m
 
+# %% ../nbs/04c_compile.ipynb #bc0b6a8b
 def is_compiled(m) -> bool:
     "Whether `m` is a module compiled in place"
     return isinstance(m, nn.Module) and m._compiled_call_impl is not None
 
+# %% ../nbs/04c_compile.ipynb #5eebda0a
 def uncompile_module(m:nn.Module) -> nn.Module:
     "Run `m` eagerly again"
     m._compiled_call_impl = None
@@ -74,6 +76,7 @@ def compile(self:Learner, **kwargs):
     cb.compile(self)
     return self.add_cb(cb)
 
+# %% ../nbs/04c_compile.ipynb #f043c8da
 @patch
 def uncompile(self:Learner):
     "Run the model and the loss eagerly again, and remove `Compiler`"
