@@ -13,6 +13,8 @@ from .identities import *
 from .learner import *
 from .callbacks import *
 from .compile import *
+from .metrics import *
+from .curves import *
 from .openset import *
 from .checkpoint import *
 from .interpret import *

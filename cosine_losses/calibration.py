@@ -10,7 +10,8 @@ from functools import partial
 from typing import NamedTuple
 import numpy as np
 from fastprogress.fastprogress import progress_bar
-from .gallery import _unit, threshold_at_far, smallest_far
+from .metrics import threshold_at_far, smallest_far
+from .gallery import _unit
 
 # %% auto #0
 __all__ = ['Calibration', 'calibrate_threshold', 'achieved_far', 'threshold_transfer']
@@ -24,6 +25,7 @@ class Calibration(NamedTuple):
         low = '' if self.smallest_far is None else f"; its impostor scores resolve FAR {self.smallest_far:.2g} and above"
         return f"Calibration({self.kind} threshold {self.threshold:.4f} for FAR {self.far:g}: {self.achieved:.2%} on the calibration classes, {pi}{low})"
 
+# %% ../nbs/04g_calibration.ipynb #c18eae32
 def _impostor_blocks(emb, labels, kind, max_per_class, shots, seed):
     "Impostor scores by class pair (verification) or by stranger class (identification): ({class pair or class: scores}, classes)"
     if kind == 'verify':
@@ -48,10 +50,7 @@ def _stranger_scores(emb, labels, max_per_class, shots, seed):
     top[np.arange(len(img)), own] = -np.inf  # a stranger is never compared with its own class
     return top,own,classes
 
-def _log_interp(x, xp, fp):
-    "Linear interpolation of log `fp` over `xp` (ascending), exponentiated: FARs fall by orders of magnitude between thresholds"
-    return np.exp(np.interp(x, xp, np.log(np.maximum(fp, 1e-12))))
-
+# %% ../nbs/04g_calibration.ipynb #e426d77a
 def _split_ratios(emb, labels, far, kind, n_splits, max_per_class, shots, min_false, seed, blocks=None):
     "achieved/`far` on one random half of the classes at the threshold calibrated on the other, for `n_splits` splits; and the halves' sizes"
     rng = np.random.default_rng(seed)
@@ -87,6 +86,7 @@ def _split_ratios(emb, labels, far, kind, n_splits, max_per_class, shots, min_fa
     got = np.exp((1-w)*np.log(np.maximum(fb[s,km], 1e-12)) + w*np.log(np.maximum(fb[s,k], 1e-12)))
     return np.maximum(got, .5/nb)/far,nA,C-nA
 
+# %% ../nbs/04g_calibration.ipynb #e270b45f
 def calibrate_threshold(
     emb, labels, # embeddings of classes the model was not trained on (and, for identification, that will not be enrolled)
     far:float=1e-2, # target false-accept rate (verification) or false-positive identification rate
@@ -116,6 +116,7 @@ def calibrate_threshold(
     lo,hi = far*np.exp(mid + shift + spread*(np.quantile(lr, [(1-level)/2, (1+level)/2]) - mid))
     return cal((float(lo), float(min(hi, 1.))))
 
+# %% ../nbs/04g_calibration.ipynb #f5447f54
 def achieved_far(emb, labels, threshold:float, kind:str='verify', max_per_class:int=1000, shots:int=5, seed:int=0) -> float:
     "The FAR (or FPIR) `threshold` gets on the classes of `labels`, measured as `calibrate_threshold` measures it"
     s = np.concatenate(list(_impostor_blocks(emb, labels, kind, max_per_class, shots, seed)[0].values()))

@@ -12,7 +12,9 @@ from .losses import check_margins
 from .family import FAMILY_PRESETS
 from .learner import cosine_learner, softmax_learner
 from .data import mnist_dls
-from .openset import OpenSetDataLoaders, OpenSetMetrics, OPEN_SET_KEYS, tar_at_far, plot_roc
+from .metrics import OPEN_SET_KEYS, tar_at_far
+from .openset import OpenSetDataLoaders, OpenSetMetrics
+from .curves import plot_roc, plot_det, plot_cmc
 from .checkpoint import Checkpoint
 from fastprogress.fastprogress import IN_NOTEBOOK
 import cosine_losses
@@ -183,16 +185,11 @@ def plot_roc_compare(roc:pd.DataFrame, ax=None):
 
 def plot_det_compare(roc:pd.DataFrame, ax=None):
     "DET curves (false non-match rate against false match rate, log axes) of each loss, its seeds' mean, from `roc.csv`"
-    if ax is None: _,ax = plt.subplots(figsize=(5, 4))
-    seen = False
-    for l,d in roc.groupby('loss', sort=False):
-        m = 1 - d.groupby('far').tar.mean().dropna()
-        ax.plot(m.index[m > 0], m[m > 0], marker='.', label=f'{l} (n={d.seed.nunique()})')  # a rate of 0 has no place on a log axis
-        seen |= bool((m > 0).any())
-    ax.set(xscale='log', yscale='log' if seen else 'linear', xlabel='false match rate (FMR)', ylabel='false non-match rate (FNMR)',
-           title='DET, unseen classes')
-    if not seen: ax.text(.5, .5, 'no genuine pair rejected at any FMR', transform=ax.transAxes, ha='center')
-    ax.grid(alpha=.3, which='both'); ax.legend(fontsize=8)
+    curves = {f'{l} (n={d.seed.nunique()})': (m.index[m > 0].values, m[m > 0].values) for l,d in roc.groupby('loss', sort=False)
+              for m in [1 - d.groupby('far').tar.mean().dropna()]}  # a rate of 0 has no place on a log axis
+    ax = plot_det(curves, ax=ax, figsize=(5, 4), title='DET, unseen classes', marker='.')
+    if not any(len(fnmr) for _,fnmr in curves.values()):
+        ax.text(.5, .5, 'no genuine pair rejected at any FMR', transform=ax.transAxes, ha='center')
     return ax.figure
 
 def cmc_rows(cmc) -> pd.DataFrame:
@@ -201,13 +198,8 @@ def cmc_rows(cmc) -> pd.DataFrame:
 
 def plot_cmc_compare(cmc:pd.DataFrame, ax=None):
     "Mean CMC curve of each loss over its seeds, from `cmc.csv`"
-    if ax is None: _,ax = plt.subplots(figsize=(5, 4))
-    for l,d in cmc.groupby('loss', sort=False):
-        m = d.groupby('rank').rate.mean()
-        ax.plot(m.index, m*100, marker='.', label=f'{l} (n={d.seed.nunique()})')
-    ax.set(xlabel='rank', ylabel='identification rate %', title='CMC, unseen classes'); ax.grid(alpha=.3); ax.legend(fontsize=8)
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    return ax.figure
+    curves = {f'{l} (n={d.seed.nunique()})': d.groupby('rank').rate.mean().values for l,d in cmc.groupby('loss', sort=False)}
+    return plot_cmc(curves, percent=True, ax=ax, figsize=(5, 4), title='CMC, unseen classes').figure
 
 # %% ../nbs/05_compare.ipynb #f6d04f81
 def _append(df, csv): df.to_csv(csv, mode='a', header=not csv.exists(), index=False)

@@ -10,10 +10,11 @@ import hashlib, importlib, io, json, mimetypes, os, re, sys, tempfile, warnings,
 from pathlib import Path
 import faiss, numpy as np
 from PIL import Image
+from .metrics import smallest_far, threshold_at_far
 
 # %% auto #0
-__all__ = ['FORMAT', 'GalleryMismatch', 'smallest_far', 'threshold_at_far', 'content_ids', 'GalleryBase', 'Gallery',
-           'image_files', 'is_milvus_uri', 'enrol_folder', 'identify_folder']
+__all__ = ['FORMAT', 'GalleryMismatch', 'GalleryBase', 'content_ids', 'Gallery', 'image_files', 'is_milvus_uri', 'enrol_folder',
+           'identify_folder']
 
 # %% ../nbs/04d_gallery.ipynb #a6b30be0
 def _unit(emb) -> np.ndarray:
@@ -48,56 +49,7 @@ def _who(model:str=None, fingerprint:str=None) -> str:
 
 def _npy(a) -> bytes: buf = io.BytesIO(); np.save(buf, a, allow_pickle=False); return buf.getvalue()
 
-# %% ../nbs/04d_gallery.ipynb #f81155b6
-def smallest_far(n:int, min_false:int=10) -> float:
-    "The smallest false-accept rate `n` impostor scores resolve: `min_false`/`n` (1 if there are fewer than `min_false`)"
-    return min(1., min_false/max(n, 1))
-
-def threshold_at_far(
-    impostor, # scores of impostor pairs (verification) or strangers' top scores (identification)
-    far:float, # the false-accept rate (FAR or FPIR) to stay under
-    min_false:int=10, # resolve `far` only from at least `min_false`/`far` impostor scores
-) -> float:
-    "The smallest observed impostor score τ at which the share of impostor scores ≥ τ is at most `far` (∞ if none is)"
-    imp = np.sort(np.asarray(impostor, dtype=float))
-    if len(imp)*far < min_false: raise ValueError(
-        f"{len(imp)} impostor scores cannot resolve FAR {far:g}: {int(np.ceil(min_false/far))} needed. Calibrate with more strangers, "
-        f"ask for a FAR of at least {smallest_far(len(imp), min_false):.3g} (the smallest these resolve), or pass a `threshold`")
-    t = np.append(np.unique(imp), np.inf)
-    return float(t[np.argmax((len(imp) - np.searchsorted(imp, t))/len(imp) <= far)])
-
-# %% ../nbs/04d_gallery.ipynb #b49f48b1
-FORMAT = 'cosine_losses.gallery/1'
-
-def _key_ids(keys) -> np.ndarray:
-    "64-bit ids of string keys (8 bytes a row, what the in-memory gallery keeps of them)"
-    return np.array([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), 'little', signed=True) for k in keys], np.int64)
-
-def _mix(h:np.ndarray) -> np.ndarray:
-    "splitmix64's finaliser: every bit of the output depends on every bit of `h` (uint64, wrapping)"
-    h = (h ^ (h >> np.uint64(30)))*np.uint64(0xBF58476D1CE4E5B9); h = (h ^ (h >> np.uint64(27)))*np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-def content_ids(
-    emb:np.ndarray, # unit rows (N, d), float32
-    labels:list, # their labels
-    seed:int=0, # another seed, another independent hash
-) -> np.ndarray:
-    "64-bit ids of images from their content, label and embedding, hashed in numpy: the same image under one label is one id"
-    names = list(dict.fromkeys(labels)); code = {o:i for i,o in enumerate(names)}
-    h = _key_ids([f'{seed}:{json.dumps(o)}' for o in names]).view(np.uint64)[[code[o] for o in labels]]
-    m = np.random.default_rng(seed).integers(1, 2**63, emb.shape[1], dtype=np.uint64) | np.uint64(1)  # odd: no bit of a value is lost
-    for i in range(0, len(emb), 1 << 16):  # a sum of products mod 2⁶⁴, 2¹⁶ rows at a time to bound the temporary
-        h[i:i+(1 << 16)] ^= (np.ascontiguousarray(emb[i:i+(1 << 16)], np.float32).view(np.uint32).astype(np.uint64)*m).sum(1, dtype=np.uint64)
-    return _mix(h).view(np.int64)
-
-def _last(keys, *cols) -> tuple:
-    "`cols` keeping each key's last row only, as upserting the rows in turn would"
-    last = {k:i for i,k in enumerate(keys.tolist() if hasattr(keys, 'tolist') else keys)}
-    if len(last) == len(keys): return cols
-    i = sorted(last.values())
-    return tuple(c[i] if isinstance(c, np.ndarray) else [c[j] for j in i] for c in cols)
-
+# %% ../nbs/04d_gallery.ipynb #2defa535
 class GalleryBase:
     "What every gallery shares, whatever holds the embeddings: the checks, thresholds, `identify`, `verify` and `calibrate`"
     d = threshold = fingerprint = model = impostor = None
@@ -173,6 +125,39 @@ class GalleryBase:
         "The smallest FAR that `identify(far=)` can be asked for with this calibration (`None` before `calibrate`)"
         return None if self.impostor is None else smallest_far(len(self.impostor))
     def _calibrated(self, impostor): self.impostor = impostor
+
+# %% ../nbs/04d_gallery.ipynb #f2e211cd
+def _key_ids(keys) -> np.ndarray:
+    "64-bit ids of string keys (8 bytes a row, what the in-memory gallery keeps of them)"
+    return np.array([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), 'little', signed=True) for k in keys], np.int64)
+
+def _mix(h:np.ndarray) -> np.ndarray:
+    "splitmix64's finaliser: every bit of the output depends on every bit of `h` (uint64, wrapping)"
+    h = (h ^ (h >> np.uint64(30)))*np.uint64(0xBF58476D1CE4E5B9); h = (h ^ (h >> np.uint64(27)))*np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+def content_ids(
+    emb:np.ndarray, # unit rows (N, d), float32
+    labels:list, # their labels
+    seed:int=0, # another seed, another independent hash
+) -> np.ndarray:
+    "64-bit ids of images from their content, label and embedding, hashed in numpy: the same image under one label is one id"
+    names = list(dict.fromkeys(labels)); code = {o:i for i,o in enumerate(names)}
+    h = _key_ids([f'{seed}:{json.dumps(o)}' for o in names]).view(np.uint64)[[code[o] for o in labels]]
+    m = np.random.default_rng(seed).integers(1, 2**63, emb.shape[1], dtype=np.uint64) | np.uint64(1)  # odd: no bit of a value is lost
+    for i in range(0, len(emb), 1 << 16):  # a sum of products mod 2⁶⁴, 2¹⁶ rows at a time to bound the temporary
+        h[i:i+(1 << 16)] ^= (np.ascontiguousarray(emb[i:i+(1 << 16)], np.float32).view(np.uint32).astype(np.uint64)*m).sum(1, dtype=np.uint64)
+    return _mix(h).view(np.int64)
+
+def _last(keys, *cols) -> tuple:
+    "`cols` keeping each key's last row only, as upserting the rows in turn would"
+    last = {k:i for i,k in enumerate(keys.tolist() if hasattr(keys, 'tolist') else keys)}
+    if len(last) == len(keys): return cols
+    i = sorted(last.values())
+    return tuple(c[i] if isinstance(c, np.ndarray) else [c[j] for j in i] for c in cols)
+
+# %% ../nbs/04d_gallery.ipynb #b49f48b1
+FORMAT = 'cosine_losses.gallery/1'
 
 class Gallery(GalleryBase):
     "Enrolled embeddings and their labels in a faiss inner-product index: `add`, `remove`, `search`, `identify`, `verify`, `save`, `load`"
@@ -284,11 +269,11 @@ class Gallery(GalleryBase):
             npy = lambda n: np.load(io.BytesIO(z.read(n)), allow_pickle=False) if n in z.namelist() else None
             codes,ids,imp = npy('codes.npy'),npy('keys.npy'),npy('impostor.npy')
             idx = faiss.deserialize_index(np.frombuffer(z.read('index.faiss'), np.uint8)) if 'index.faiss' in z.namelist() else None
-        g = cls(meta['index'], meta['params'], meta['threshold'], meta['fingerprint'], meta.get('model'))  # galleries before names: none
+        g = cls(meta['index'], meta['params'], meta['threshold'], meta['fingerprint'], meta['model'])
         g.d,g.vocab,g.codes,g.impostor,g._index = meta['d'],meta['vocab'],codes,imp,idx
-        if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)) or (ids is not None and len(ids) != len(codes)):
-            raise ValueError(f"{path} is inconsistent: {len(codes)} labels, {meta['n']} in its metadata")
-        g.ids = ids if ids is not None else content_ids(*g.enrolled()) if len(codes) else np.zeros(0, np.int64)  # saved before keys
+        if len(codes) != meta['n'] or (idx is not None and (idx.ntotal != len(codes) or idx.d != g.d)) or ids is None or len(ids) != len(codes):
+            raise ValueError(f"{path} is inconsistent: {len(codes)} labels, {meta['n']} in its metadata, {'no' if ids is None else len(ids)} keys")
+        g.ids = ids
         if idx is not None:
             for k,v in (g.params or {}).items(): faiss.ParameterSpace().set_index_parameter(idx, k, v)
         g.check_model(fingerprint, model)
@@ -325,12 +310,14 @@ def _readable_in(folder) -> tuple:
     if not ok: raise ValueError(f"no readable image in {folder}")
     return ok,bad
 
+# %% ../nbs/04d_gallery.ipynb #c53d958d
 def is_milvus_uri(
     gallery, # what a user passed as a gallery: a file name or a URI
 ) -> bool:
     "Whether `gallery` names a Milvus gallery: a Milvus Lite file (`*.db`) or a server (`http(s)://`, `tcp://`, `grpc://`)"
     return str(gallery).endswith('.db') or re.match(r'(https?|tcp|grpc)://', str(gallery)) is not None
 
+# %% ../nbs/04d_gallery.ipynb #a2d9ed76
 def _embedder(model):
     "`model`, a fastai `Learner` given the methods of `learner_gallery` (`embed_items`, `fingerprint`) if they are not there yet"
     fl = sys.modules.get('fastai.learner')  # without fastai there is no `Learner` to give them to
@@ -376,6 +363,6 @@ def identify_folder(
 _MOVED = {**dict.fromkeys(['Calibration', 'calibrate_threshold', 'achieved_far', 'threshold_transfer'], 'calibration'),
           **dict.fromkeys(['model_fingerprint', 'rejection_auroc', 'load_model'], 'learner_gallery')}
 def __getattr__(name):
-    "A name that moved to another room, from there (imported on first use: the learner side imports torch)"
+    "A name of the calibration or the learner side, from its module (imported on first use: the learner side imports torch)"
     if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f'.{_MOVED[name]}', __package__), name)

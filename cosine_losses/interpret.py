@@ -12,12 +12,13 @@ from functools import cached_property
 from fastai.vision.all import *
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from sklearn.metrics import det_curve, DetCurveDisplay
+from sklearn.metrics import det_curve
 from matplotlib.lines import Line2D
-from matplotlib.font_manager import FontProperties
 from .data import ImageRows
-from .openset import verification_pairs, pair_index, class_scores, identification_protocol, _check_emb
-from .gallery import threshold_at_far, smallest_far
+from .openset import verification_pairs, pair_index, identification_metrics, identification_protocol, _check_emb
+from .metrics import threshold_at_far, smallest_far
+from . import curves
+from .curves import _ax, _fit
 
 # %% auto #0
 __all__ = ['DET_FARS', 'RecognitionInterpretation', 'plot_det_curves', 'plot_cmc_curves']
@@ -240,13 +241,6 @@ def _errors(self:RecognitionInterpretation, far, n, genuine):
     return df
 
 # %% ../nbs/04f_interpret.ipynb #637ec62e
-def _ax(ax, figsize): return ax if ax is not None else plt.subplots(figsize=figsize)[1]
-
-def _fit(ax):
-    "Lay out the figure of a lone `ax` so that its labels, top axis and key stay in it; a grid is its maker's to lay out"
-    if ax.figure.get_layout_engine() is None and len(ax.figure.axes) == 1: ax.figure.tight_layout()
-    return ax
-
 def _short(name, width:int=20, lines:int=2) -> str:
     "`name` in at most `lines` lines of `width` characters, broken after `_`, `-`, `.` or spaces; a longer one keeps its start and end"
     s = str(name)
@@ -319,6 +313,7 @@ def plot_top_matches(self:RecognitionInterpretation,
     fig.get_layout_engine().set(w_pad=.02, h_pad=.02)
     return fig
 
+# %% ../nbs/04f_interpret.ipynb #ff5d5a96
 @patch
 def _plot_pairs(self:RecognitionInterpretation, df, what, far, ncols, figsize):
     _check_count(ncols=ncols)
@@ -378,6 +373,7 @@ def plot_scores(self:RecognitionInterpretation,
     ax.legend(fontsize=8)
     return _fit(ax)
 
+# %% ../nbs/04f_interpret.ipynb #288e6601
 DET_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
 @patch
@@ -416,64 +412,11 @@ def plot_det(self:RecognitionInterpretation,
     ax=None, figsize:tuple=(4.5, 4),
 ):
     "Detection error tradeoff: false non-match rate against false match rate, lower is better, with the operating points at `fars`"
-    if scale not in ('log', 'normal'): raise ValueError(f"scale must be 'log' or 'normal', got {scale!r}")
     fmr,fnmr,_ = self.det()
-    ax,label = _ax(ax, figsize),ifnone(label, self.name)
-    if scale == 'log':
-        line, = ax.plot(fmr, fnmr, label=label)
-        ax.set(xscale='log', yscale='log', xlabel='false match rate (FMR)', ylabel='false non-match rate (FNMR)')
-        tf = noop
-    else:
-        line = DetCurveDisplay(fpr=fmr, fnr=fnmr, estimator_name=label).plot(ax=ax).line_
-        ax.set(xlabel='false match rate (FMR)', ylabel='false non-match rate (FNMR)')
-        eps = np.finfo(np.float64).eps
-        tf = lambda p: torch.special.ndtri(torch.as_tensor(np.clip(p, eps, 1-eps), dtype=torch.float64)).numpy()  # the display's axes
-    line.set_gid('det')
-    pts = self.operating_points(fars, quiet=True)
-    ax.plot(tf(pts.fmr.values), tf(pts.fnmr.values), 'o', color=line.get_color(), ms=4)
-    _far_marks(ax, pts.far.values, tf)
-    _det_limits(ax, scale)
-    ax.grid(alpha=.3, which='both')
-    if label is not None: ax.legend(fontsize=8, loc='lower left')  # a DET curve never passes there: few errors of both kinds
-    return _fit(ax)
+    label,pts = ifnone(label, self.name),self.operating_points(fars, quiet=True)
+    return curves.plot_det({label: (fmr, fnmr)}, {label: (pts.far.values, pts.fmr.values, pts.fnmr.values)}, scale, ax, figsize)
 
-def _far_marks(ax, fars, tf):
-    "The operating points' FARs on a top axis, each once however many curves share `ax`, with a dotted line down to the curves"
-    sec = next((o for o in ax.child_axes if o.get_gid() == 'far'), None)
-    if sec is None: sec = ax.secondary_xaxis('top'); sec.set_gid('far'); sec.fars = set()
-    for f in sorted(set(fars) - sec.fars): ax.axvline(tf(f), color='.55', ls=':', lw=.8, gid='far')
-    sec.fars |= set(fars)
-    f = np.array(sorted(sec.fars))
-    e = np.round(np.log10(f)).astype(int)
-    sec.set_xticks(tf(f), [f'$10^{{{k}}}$' if np.isclose(o, 10.**k) else f'{o:g}' for o,k in zip(f, e)], fontsize=7)
-    sec.xaxis.set_minor_locator(plt.NullLocator())
-    sec.set_xlabel('operating points (FAR)', fontsize=7)
-
-_NORMAL_TICKS = np.array([1e-6, 1e-5, 1e-4, 1e-3, .01, .05, .2, .5, .8, .95, .99, .999])
-
-def _det_limits(ax, scale):
-    "Axes that start and end where the curves on `ax` do, not at a fixed rate"
-    lines = [o for o in ax.lines if o.get_gid() == 'det']
-    for k in 'xy':
-        v = np.concatenate([getattr(o, f'get_{k}data')() for o in lines]).astype(float)
-        if scale == 'log':
-            v = v[v > 0]
-            if len(v): getattr(ax, f'set_{k}lim')(v.min()/1.25, v.max()*1.25)
-        else:
-            v = v[np.isfinite(v) & (np.abs(v) < 8)]  # rates of 0 and 1 sit at ±8, eps's deviate: not data
-            if not len(v): continue
-            lo,hi = v.min() - .15,v.max() + .15
-            getattr(ax, f'set_{k}lim')(lo, hi)
-            px = (ax.bbox.width if k == 'x' else ax.bbox.height)/(hi - lo)  # pixels a unit of the deviate axis
-            fs = plt.rcParams['xtick.labelsize' if k == 'x' else 'ytick.labelsize']
-            h = FontProperties(size=fs).get_size_in_points()*ax.figure.dpi/72
-            locs,labs = [],[]
-            for t in _NORMAL_TICKS:  # the rates of scikit-learn's display and the decades below, as many as fit side by side
-                l,s = torch.special.ndtri(torch.tensor(t)).item(),f'{t*100:g}%'
-                fits = not locs or (l - locs[-1])*px >= (len(s)*.65 + 1 if k == 'x' else 1.3)*h
-                if lo <= l <= hi and fits: locs.append(l); labs.append(s)
-            getattr(ax, f'set_{k}ticks')(locs, labs)
-
+# %% ../nbs/04f_interpret.ipynb #251f6bb5
 def _curves(interps) -> list:
     return list(interps.items()) if isinstance(interps, dict) else [(o.name, o) for o in interps]
 
@@ -491,16 +434,13 @@ def plot_det_curves(
 def cmc(self:RecognitionInterpretation,
     max_rank:int=None, # default every rank: the number of enrolled classes
 ) -> np.ndarray:
-    "Identification rate at ranks 1..`max_rank` of the mated probes, on `open_set_metrics`'s gallery/probe split"
-    gi,pi,_,_ = identification_protocol(self.codes, self.enrol, self.shots, self.seed)
-    s,classes = class_scores(self.emb[gi], self.codes[gi], self.emb[pi])
-    pl = self.codes[pi]
-    mated = torch.isin(pl, classes)
-    if not mated.any(): raise ValueError("no mated probe: no enrolled class has an image left to query (classes need two images)")
-    true = s[mated].gather(1, torch.searchsorted(classes, pl[mated])[:, None])
-    rank = (s[mated] >= true).sum(1)  # ties pessimistic, as in `identification_metrics`
+    "Identification rate at ranks 1..`max_rank` of the mated probes, on `open_set_metrics`'s gallery/probe split (`identification_metrics`)"
     _check_count(max_rank=ifnone(max_rank, 1))
-    return np.array([(rank <= k).float().mean().item() for k in range(1, min(ifnone(max_rank, len(classes)), len(classes)) + 1)])
+    gi,pi,_,_ = identification_protocol(self.codes, self.enrol, self.shots, self.seed)
+    r = identification_metrics(self.emb[gi], self.codes[gi], self.emb[pi], self.codes[pi], ranks=(), fars=(),
+                               max_rank=ifnone(max_rank, len(self.vocab))).cmc
+    if r is None: raise ValueError("no mated probe: no enrolled class has an image left to query (classes need two images)")
+    return r
 
 @patch
 def plot_cmc(self:RecognitionInterpretation,
@@ -509,13 +449,7 @@ def plot_cmc(self:RecognitionInterpretation,
     ax=None, figsize:tuple=(4.5, 3.5),
 ):
     "Cumulative match characteristic: the share of probes whose class is among the `rank` best"
-    r,label = self.cmc(max_rank),ifnone(label, self.name)
-    ax = _ax(ax, figsize)
-    ax.plot(np.arange(1, len(r)+1), r, marker='.', label=label)
-    ax.set(xlabel='rank', ylabel='identification rate', ylim=(min(ax.get_ylim()[0], r[0] - .05), 1.01), title='CMC')
-    ax.grid(alpha=.3)
-    if label is not None: ax.legend(fontsize=8)
-    return _fit(ax)
+    return curves.plot_cmc({ifnone(label, self.name): self.cmc(max_rank)}, ax=ax, figsize=figsize)
 
 def plot_cmc_curves(
     interps, # as in `plot_det_curves`

@@ -9,17 +9,16 @@ from __future__ import annotations
 import random
 from fastai.vision.all import *
 from sklearn.metrics import roc_curve, roc_auc_score
-from sklearn.model_selection import KFold
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKNN
+from .metrics import MIN_GENUINE, FARS, OPEN_SET_KEYS, far_key, Scores, tar_at_far, dir_at_far, verification_accuracy
 from .data import _is_instance, ImageRows, ToImageBW, IndexCategorize, image_tfm, tensor_dls, mnist_dls, folder_dls, csv_dls
 
 # %% auto #0
-__all__ = ['MIN_GENUINE', 'FARS', 'OPEN_SET_KEYS', 'OpenSetDataLoaders', 'pick_seen', 'genuine_pairs', 'resolve_unseen_split',
-           'ClassSplitter', 'open_set_dls', 'load_dls', 'class_table', 'Scores', 'retrieval_metrics', 'pair_index',
-           'verification_pairs', 'tar_at_far', 'best_threshold', 'verification_accuracy', 'class_scores', 'dir_at_far',
+__all__ = ['OpenSetDataLoaders', 'pick_seen', 'genuine_pairs', 'resolve_unseen_split', 'ClassSplitter', 'open_set_dls',
+           'load_dls', 'class_table', 'retrieval_metrics', 'pair_index', 'verification_pairs', 'class_scores',
            'identification_metrics', 'identification_split', 'identification_protocol', 'open_set_scores',
-           'open_set_metrics', 'embed', 'OpenSetMetrics', 'plot_roc']
+           'open_set_metrics', 'embed', 'OpenSetMetrics']
 
 # %% ../nbs/04a_openset.ipynb #7734147d
 class OpenSetDataLoaders(DataLoaders):
@@ -55,7 +54,6 @@ def genuine_pairs(labels) -> int:
     n = np.unique(np.asarray(labels), return_counts=True)[1].astype(np.int64)
     return int((n*(n - 1)//2).sum())
 
-MIN_GENUINE = 500  # 'auto' scores the validation images of the unseen classes only when they hold this many same-class pairs
 def resolve_unseen_split(unseen_split:str, valid_labels) -> str:
     "'valid' or 'all': with 'auto', the held-out images of the unseen classes if they hold `MIN_GENUINE` genuine pairs, else all of them"
     _check_unseen_split(unseen_split)
@@ -88,7 +86,6 @@ def _tensor_open_set(data, seen, seed, vocab, bs, unseen_split, **kwargs):
     xu,yu = (xv[~mv],yv[~mv]) if unseen_split == 'valid' else (torch.cat([xt[~mt], xv[~mv]]),torch.cat([yt[~mt], yv[~mv]]))
     uds = Datasets(ImageRows(xu, remap[yu]), [[image_tfm(xu)], [IndexCategorize([vocab[c] for c in unseen])]], split_idx=1)
     return dls,dls.valid.new(uds),[vocab[c] for c in seen],[vocab[c] for c in unseen],unseen_split
-
 
 # %% ../nbs/04a_openset.ipynb #5e1c0a7b
 def _label_pipe(ds) -> Pipeline:
@@ -202,27 +199,13 @@ def class_table(dls) -> pd.DataFrame:
                              **{nm: [int(c.get(k, 0)) for k in classes] for nm,c in counts.items()}), index=pd.Index(classes, name='class'))
 
 
-# %% ../nbs/04a_openset.ipynb #8f263db4
-FARS = (1e-2, 1e-3, 1e-4)
-def _far_key(far, name='tar'): return f'{name}_at_far_{far:.0e}'.replace('e-0', 'e-')
-OPEN_SET_KEYS = ('precision_at_1', 'r_precision', 'map_at_r', 'roc_auc', 'eer', *map(_far_key, FARS), 'verification_acc',
-                 'rank_1', 'dir_at_far_1e-2')
-
-class Scores(dict):
-    "A dict of scores, with `reasons` {key: why it is NaN}, `thresholds` {key: its cosine threshold}, `protocol`, `cmc`, `counts`"
-    def __init__(self, *args, reasons=None, thresholds=None, protocol='', cmc=None, counts=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reasons,self.thresholds,self.protocol,self.cmc,self.counts = ifnone(reasons, {}),ifnone(thresholds, {}),protocol,cmc,counts
-    def nan(self, key, why): self[key] = np.nan; self.reasons[key] = why
-    @property
-    def notes(self) -> list:
-        "What the scores were measured on, and why each missing one is missing"
-        c = self.counts
-        on = [] if not c else [f"measured on {c['images']:,} images of {c['classes']:,} classes: retrieval from {c['queries']:,} queries "
-              f"(images whose class has another), verification from {c['genuine']:,} genuine and {c['impostor']:,} impostor pairs"
-              + (" (few: a score from so few pairs moves by several points with the sample)" if c['genuine'] < MIN_GENUINE else "")]
-        return on + [self.protocol]*bool(self.protocol) + [f'{k} n/a: {why}' for k,why in self.reasons.items()]
-    def __repr__(self): return '\n'.join([dict.__repr__(self), *self.notes])  # the reasons show wherever the scores are shown
+# %% ../nbs/04a_openset.ipynb #5c92ae9f
+def _check_emb(emb, labels):
+    emb,labels = torch.as_tensor(emb).detach().cpu().float(),torch.as_tensor(labels).detach().cpu().long()
+    if emb.ndim != 2 or labels.shape != emb.shape[:1]: raise ValueError(f"need embeddings (N, d) and labels (N,), got {tuple(emb.shape)} and {tuple(labels.shape)}")
+    if not torch.isfinite(emb).all(): raise ValueError("embeddings must be finite")
+    if len(labels.unique()) < 2: raise ValueError("open-set metrics need at least two classes")
+    return F.normalize(emb, dim=1),labels  # unit vectors: faiss's L2 neighbours are then the cosine neighbours
 
 def retrieval_metrics(emb, labels) -> dict:
     "precision@1, R-precision and MAP@R of `emb` by pytorch-metric-learning, each query left out of its own neighbours"
@@ -230,6 +213,7 @@ def retrieval_metrics(emb, labels) -> dict:
     r = calc.get_accuracy(emb, labels)  # no reference set: the queries are the references, each excluded from its own neighbours
     return dict(precision_at_1=r['precision_at_1'], r_precision=r['r_precision'], map_at_r=r['mean_average_precision_at_r'])
 
+# %% ../nbs/04a_openset.ipynb #14c2cce7
 def pair_index(n:int, max_pairs:int=2_000_000, seed:int=0) -> tuple:
     "(i, j) of every pair of `n` items, or of `max_pairs` pairs of distinct items drawn uniformly with `seed` when there are more"
     if n*(n-1)//2 <= max_pairs: return tuple(torch.triu_indices(n, n, 1))
@@ -244,32 +228,7 @@ def verification_pairs(emb, labels, max_pairs:int=2_000_000, seed:int=0) -> tupl
     sims = torch.cat([(emb[a]*emb[b]).sum(1) for a,b in zip(i.split(2**18), j.split(2**18))])  # in chunks: 2**18 × d floats at a time
     return sims.numpy(),(labels[i] == labels[j]).numpy()
 
-def tar_at_far(fpr, tpr, far:float, thresholds=None):
-    "The highest true-accept rate whose false-accept rate is at most `far`, from a ROC curve; with `roc_curve`'s `thresholds`, (TAR, threshold)"
-    i = np.flatnonzero(fpr <= far)
-    tar = float(tpr[i].max())
-    if thresholds is None: return tar
-    return tar,float(thresholds[i[tpr[i] == tar][-1]])  # of the points with that TAR, the lowest threshold (fpr grows along the curve)
-
-def best_threshold(sims, same) -> float:
-    "The threshold t (accept `sims` ≥ t) of highest accuracy on (`sims`, `same`); of tied ones the highest, the strictest"
-    t = np.append(np.unique(sims), np.inf)  # ascending; accuracy only changes at a score
-    pos,neg = np.sort(sims[same]),np.sort(sims[~same])
-    correct = len(pos) - np.searchsorted(pos, t) + np.searchsorted(neg, t)  # integer counts: ties are exact, not left to rounding
-    return float(t[np.flatnonzero(correct == correct.max())[-1]])
-
-def verification_accuracy(sims, same, folds:int=10, seed:int=0) -> float:
-    "LFW's 10-fold accuracy on equal numbers of genuine and impostor pairs, each fold at the threshold best on the other folds"
-    rng = np.random.default_rng(seed)
-    pos,neg = np.flatnonzero(same),np.flatnonzero(~same)
-    k = min(len(pos), len(neg))
-    if k == 0: return np.nan
-    idx = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
-    s,y = sims[idx],same[idx]
-    splits = KFold(min(folds, 2*k), shuffle=True, random_state=seed).split(s)  # fewer folds when there are fewer than 2·`folds` pairs
-    accs = [((s[te] >= best_threshold(s[tr], y[tr])) == y[te]).mean() for tr,te in splits]
-    return float(np.mean(accs))
-
+# %% ../nbs/04a_openset.ipynb #5b1b9d1b
 def class_scores(gallery_emb, gallery_labels, probe_emb, bs:int=4096) -> tuple:
     "(P, C) highest cosine of each probe to each gallery class's images, and the C classes"
     g,p = F.normalize(torch.as_tensor(gallery_emb).float(), dim=1),F.normalize(torch.as_tensor(probe_emb).float(), dim=1)
@@ -277,15 +236,7 @@ def class_scores(gallery_emb, gallery_labels, probe_emb, bs:int=4096) -> tuple:
     out = [torch.full((len(pb), len(classes)), -2.).scatter_reduce_(1, cls.expand(len(pb), -1), pb @ g.T, 'amax') for pb in p.split(bs)]
     return torch.cat(out) if out else torch.empty(0, len(classes)),classes
 
-def dir_at_far(scores, correct, impostor, far:float, min_false:int=10) -> tuple:
-    "(DIR, τ) at the smallest observed score τ whose FPIR (share of `impostor` scores ≥ τ) is at most `far`; NaNs below `min_false`/`far` impostors"
-    imp,scores,correct = np.sort(np.asarray(impostor, dtype=float)),np.asarray(scores, dtype=float),np.asarray(correct, dtype=bool)
-    if len(imp)*far < min_false or not len(scores): return np.nan,np.nan
-    t = np.unique(np.concatenate([scores, imp, [np.inf]]))
-    fpir = (len(imp) - np.searchsorted(imp, t))/len(imp)  # falls as t grows: the first t meeting `far` is the smallest
-    tau = t[np.argmax(fpir <= far)]
-    return float((correct & (scores >= tau)).mean()),float(tau)
-
+# %% ../nbs/04a_openset.ipynb #879ec466
 def identification_metrics(
     gallery_emb, gallery_labels, # enrolled embeddings (G, d) and their classes
     probe_emb, probe_labels, # probes (P, d); those of a class not in the gallery are non-mated
@@ -312,7 +263,7 @@ def identification_metrics(
         if mated.any(): res[f'rank_{k}'] = float((rank <= k).float().mean())
         else: res.nan(f'rank_{k}', 'no mated probe (no probe of a gallery class)')
     for f in fars:
-        key = _far_key(f, 'dir')
+        key = far_key(f, 'dir')
         if not mated.any(): res.nan(key, 'no mated probe (no probe of a gallery class)'); continue
         d,tau = dir_at_far(top[mated].numpy(), (rank == 1).numpy(), nonmated.numpy(), f, min_false)
         n = len(nonmated)
@@ -320,6 +271,7 @@ def identification_metrics(
         else: res[key],res.thresholds[key] = d,tau
     return res
 
+# %% ../nbs/04a_openset.ipynb #c3720dd1
 def identification_split(
     labels, # classes (N,) of one labelled set
     enrol:float=.5, # share of the classes enrolled (at least one, and one left out)
@@ -334,6 +286,7 @@ def identification_split(
     gal = np.concatenate([i[:min(shots, max(len(i)-1, 1))] for i in gal])
     return np.sort(gal),np.setdiff1d(np.arange(len(labels)), gal)
 
+# %% ../nbs/04a_openset.ipynb #2cd7de76
 def identification_protocol(
     labels, # classes (N,) of one labelled set
     enrol='auto', # share of the classes enrolled (`identification_split`), 'all', or 'auto'
@@ -359,13 +312,7 @@ def identification_protocol(
     return gi,pi,False,(f'identification: up to {shots} images of each of {k} of the {C} classes enrolled, '
                         f'{mated} mated and {len(pi) - mated} non-mated probes')
 
-def _check_emb(emb, labels):
-    emb,labels = torch.as_tensor(emb).detach().cpu().float(),torch.as_tensor(labels).detach().cpu().long()
-    if emb.ndim != 2 or labels.shape != emb.shape[:1]: raise ValueError(f"need embeddings (N, d) and labels (N,), got {tuple(emb.shape)} and {tuple(labels.shape)}")
-    if not torch.isfinite(emb).all(): raise ValueError("embeddings must be finite")
-    if len(labels.unique()) < 2: raise ValueError("open-set metrics need at least two classes")
-    return F.normalize(emb, dim=1),labels  # unit vectors: faiss's L2 neighbours are then the cosine neighbours
-
+# %% ../nbs/04a_openset.ipynb #35dcd8b5
 def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol='auto', shots:int=5) -> tuple:
     "`open_set_metrics`, and the verification ROC curve as (fpr, tpr)"
     emb,labels = _check_emb(emb, labels)
@@ -375,7 +322,7 @@ def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol='aut
     else: res.update(retrieval_metrics(emb, labels))
     sims,same = verification_pairs(emb, labels, max_pairs, seed)
     if not same.any():
-        for k in ('roc_auc', 'eer', *map(_far_key, FARS), 'verification_acc'): res.nan(k, 'no genuine pair (no class has two images)')
+        for k in ('roc_auc', 'eer', *map(far_key, FARS), 'verification_acc'): res.nan(k, 'no genuine pair (no class has two images)')
         fpr,tpr = np.array([0., 1.]),np.full(2, np.nan)
     else:
         fpr,tpr,th = roc_curve(same, sims)
@@ -383,8 +330,8 @@ def open_set_scores(emb, labels, max_pairs:int=2_000_000, seed:int=0, enrol='aut
         res.update(roc_auc=roc_auc_score(same, sims), eer=(fpr[i] + 1 - tpr[i])/2, verification_acc=verification_accuracy(sims, same, seed=seed))
         n_neg = (~same).sum()
         for f in FARS:
-            if n_neg*f >= 10: res[_far_key(f)],res.thresholds[_far_key(f)] = tar_at_far(fpr, tpr, f, th)
-            else: res.nan(_far_key(f), f'{n_neg} impostor pairs cannot resolve FAR {f:g}: {int(np.ceil(10/f))} needed')
+            if n_neg*f >= 10: res[far_key(f)],res.thresholds[far_key(f)] = tar_at_far(fpr, tpr, f, th)
+            else: res.nan(far_key(f), f'{n_neg} impostor pairs cannot resolve FAR {f:g}: {int(np.ceil(10/f))} needed')
     gi,pi,loo,protocol = identification_protocol(labels, enrol, shots, seed)
     ident = identification_metrics(emb[gi], labels[gi], emb[pi], labels[pi], ranks=(1,), fars=(1e-2,), strangers=(emb, labels) if loo else None)
     res.update(ident); res.reasons.update(ident.reasons); res.thresholds.update(ident.thresholds)
@@ -474,15 +421,3 @@ def plot_metrics(self:Recorder,
     for ax in axs.flat[len(names):]: ax.set_axis_off()
     plt.tight_layout()
     return axs[0,0].figure
-
-# %% ../nbs/04a_openset.ipynb #cce4b9c0
-def plot_roc(rocs:dict, ax=None, title='Verification ROC, unseen classes'):
-    "ROC curves {label: (fpr, tpr)} with a log false-accept axis that starts where the data do"
-    if ax is None: _,ax = plt.subplots(figsize=(5, 4))
-    colors = plt.cm.tab10.colors if len(rocs) <= 10 else plt.cm.tab20.colors
-    lo = 1.
-    for (k,(fpr,tpr)),color in zip(rocs.items(), colors):
-        fpr,tpr = np.asarray(fpr),np.asarray(tpr); m = fpr > 0  # a rate of 0 has no place on a log axis
-        ax.plot(fpr[m], tpr[m], color=color, label=k); lo = min(lo, fpr[m].min(initial=1.))
-    ax.set(xscale='log', xlim=(lo/1.25, 1), xlabel='false accept rate', ylabel='true accept rate', title=title); ax.grid(alpha=.3); ax.legend()
-    return ax.figure
