@@ -44,6 +44,11 @@ def resume_at(dl:DataLoader, k:int, states:dict=None):
         return create_batches(samps)
     dl.get_idxs,dl.create_batches = _idxs,_batches
 
+# %% ../nbs/04e_checkpoint.ipynb #a2e4c002
+def _world(group=None) -> tuple:
+    "(rank, world size) of `group`, (0, 1) without a process group"
+    return (dist.get_rank(group),dist.get_world_size(group)) if dist.is_initialized() else (0,1)
+
 # %% ../nbs/04e_checkpoint.ipynb #e4c0000b
 _CB_STATE = {Recorder: ('lrs', 'iters', 'losses', 'values', 'smooth_loss'), ParamScheduler: ('hps',), MarginScheduler: ('hps',),
              TrackerCallback: ('best', 'wait'),
@@ -59,8 +64,6 @@ def _set_cb_state(cb, state:dict):
         cur = cb.__dict__.get(k)
         if isinstance(cur, dict) and isinstance(v, dict): cur.clear(); cur.update(v)  # in place: others may hold it (`OpenSetMetrics.scores`)
         else: setattr(cb, k, v)
-
-def _world(): return (dist.get_rank(),dist.get_world_size()) if dist.is_initialized() else (0,1)
 
 # %% ../nbs/04e_checkpoint.ipynb #e4c0000d
 class Checkpoint(Callback):

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .losses import CombinedMarginLoss, check_margins, target_logit
 from .heads import ArcFaceHead, _Cosines
 from .learner import _head_learner, _dynamic, carry_loss_state
+from .checkpoint import _world
 
 # %% auto #0
 __all__ = ['gather_rows', 'sample_centres', 'sharded_margin_loss', 'ShardedArcFaceHead', 'ShardedMarginLoss', 'sharded_learner',
@@ -87,10 +88,6 @@ def _adapt(learn, back:bool=False):
         if type(o) in to: o.__class__ = to[type(o)]
 
 # %% ../nbs/04b_distributed.ipynb #3968e736
-def _world(group=None) -> tuple:
-    "(rank, world size) of `group`, (0, 1) without a process group"
-    return (dist.get_rank(group),dist.get_world_size(group)) if dist.is_initialized() else (0,1)
-
 def _sizes(n:int, device, group=None) -> list:
     "`n` of every rank"
     if _world(group)[1] == 1: return [n]
@@ -316,6 +313,7 @@ def unsharded(self:Learner) -> Learner:
         if hasattr(self, k): setattr(learn, k, getattr(self, k))
     return carry_loss_state(learn)
 
+# %% ../nbs/04b_distributed.ipynb #a2d40001
 def _gather_opt(learn, full):
     "Give `full` (`learn.unsharded()`) `learn`'s optimiser state, each sharded head's rows gathered from every rank (a collective)"
     heads = {id(h.weight) for h in _sharded_heads(getattr(learn.model, 'module', learn.model)).values()}

@@ -266,10 +266,10 @@ class MagFaceLoss(_CosineLoss):
         norms = _norms_of(cos, norms, type(self).__name__)
         cos,targ = _prepare(cos, targ)
         a = norms.to(cos.dtype).clamp(self.l_a, self.u_a)
-        t = _psi(cos[torch.arange(len(targ), device=cos.device), targ], 1., self.margin(a), 0., getattr(self, 'easy_margin', False))  # getattr: older pickles
+        t = _psi(cos[torch.arange(len(targ), device=cos.device), targ], 1., self.margin(a), 0., self.easy_margin)
         return self._reduce(_ce(cos, targ, t, self.s) + self.lambda_g*self.g(a))
 
-    def extra_repr(self): return super().extra_repr() + ', easy_margin=True'*getattr(self, 'easy_margin', False)
+    def extra_repr(self): return super().extra_repr() + ', easy_margin=True'*self.easy_margin
 
 # %% ../nbs/00a_family.ipynb #6ed83965
 def _loss_preset(cls, **kwargs):

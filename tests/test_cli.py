@@ -1,5 +1,5 @@
 "The console commands as a user meets them: no warning noise at start, one line on Ctrl-C, and the same command resumes."
-import os, shutil, signal, subprocess, sys, time
+import os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from optuna.trial import TrialState
@@ -130,7 +130,7 @@ def test_compare_says_what_it_ran(tmp_path):
 def test_compare_counts_a_handful_of_steps_as_failed(tmp_path, capsys):
     from cosine_losses.cli import cosine_compare
     _fruit_folder(tmp_path/'fruit')
-    cosine_compare(str(tmp_path/'fruit'), arch='resnet18', size=32, seen=['3'], losses=['softmax'], epochs=1, seeds=1, bs=32, out=str(tmp_path/'out'))
+    cosine_compare(data=str(tmp_path/'fruit'), arch='resnet18', size=32, seen=['3'], losses=['softmax'], epochs=1, seeds=1, bs=32, out=str(tmp_path/'out'))
     o,e = capsys.readouterr()
     assert 'warning: --bs 32 leaves 1 step an epoch of 47 training images, too few to train well: try --bs 8 (5 steps)' in e, e
     assert 'run 1/1: softmax, seed 0 failed, not counted as a result: ' in o, o  # which rule says so: `_why_failed`'s tests in 05_compare
@@ -163,3 +163,24 @@ def test_gallery_refuses_a_flat_folder_counts_what_is_new_and_names_the_smallest
     with pytest.raises(CliError) as e: cosine_gallery('identify', str(tmp_path/'model.pkl'), str(people), gallery=g, far=.01)
     assert str(e.value) == (f'{g}: its 16 strangers cannot resolve FAR 0.01; the smallest they resolve is 0.625. Pass --far 0.625 or larger, '
                             'or --threshold, or enrol again with --calibrate FOLDER of 1000 strangers at least (images of classes neither trained on nor enrolled)')
+
+def _help_parts(text:str) -> dict:
+    "A command's `--help` as what a reader meets, wrapping aside: the options named in the usage, the description, each option's help, the examples"
+    usage,rest = text.split('\n\n', 1)
+    desc,rest = rest.split('\n\noptions:\n', 1)
+    opts,examples = rest.split('\n\nexamples:\n', 1)
+    entries,cur = {},None
+    for l in opts.splitlines():
+        if l.startswith('  -'): cur = l.split()[0]
+        entries[cur] = entries.get(cur, '') + ' ' + (l.split(None, 1)[1] if l.startswith('  -') else l)
+    return dict(usage=sorted(re.findall(r'\[(--?[\w-]+)', usage)), desc=desc, examples=examples.rsplit('\n\ncosine_losses ', 1)[0],
+                options={k: ' '.join(v.split()) for k,v in entries.items()})
+
+@pytest.mark.parametrize('cmd', ['cosine-compare', 'cosine-sweep'])
+def test_help_lists_every_option_with_its_text(cmd):
+    "The shared options, declared once, are in each command's `--help` with the same text and default as the command's own were (tests/cli_help)"
+    r = subprocess.run([_exe(cmd), '--help'], capture_output=True, text=True, env={**ENV, 'COLUMNS': '100'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    new,old = _help_parts(r.stdout),_help_parts((Path(__file__).parent/'cli_help'/f'{cmd}.txt').read_text())
+    assert new == old, (new, old)
+    assert len(new['options']) == (21 if cmd == 'cosine-compare' else 29) and '(default: 0.2)' in new['options']['--valid-pct']
