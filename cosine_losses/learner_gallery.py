@@ -29,6 +29,7 @@ def model_fingerprint(
         h.update(f'{k}{tuple(v.shape)}{v.dtype}'.encode()); h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b'')
     return h.hexdigest()[:16]
 
+# %% ../nbs/04h_learner_gallery.ipynb #6ae411d2
 @patch(as_prop=True)
 def fingerprint(self:Learner) -> str:
     "`model_fingerprint` of the learner's model: what the folder functions and the gallery check"
@@ -52,6 +53,7 @@ def embed_items(self:Learner,
         dl = self.dls.test_dl(items, bs=bs)
     return self.get_embeddings(dl=dl)
 
+# %% ../nbs/04h_learner_gallery.ipynb #70d862de
 def _dl_labels(dl, targs) -> list:
     vocab = getattr(dl, 'vocab', None)
     return [vocab[int(t)] if vocab is not None else int(t) for t in targs]
@@ -75,6 +77,7 @@ def gallery(self:Learner,
         labels = _dl_labels(items, targs)
     return gallery.add(emb, labels, fingerprint=self.fingerprint, model=name, keys=keys)
 
+# %% ../nbs/04h_learner_gallery.ipynb #b3dc918a
 @patch
 def identify(self:Learner,
     gallery:GalleryBase, # enrolled with this model
@@ -97,6 +100,7 @@ def max_cosine(self:Learner,
     out,_ = self.get_preds(ds_idx=ds_idx, dl=dl, act=noop)
     return out.max(1)
 
+# %% ../nbs/04h_learner_gallery.ipynb #b3c3ab67
 def rejection_auroc(
     known, # scores of images of the trained classes (higher = more familiar)
     unknown, # scores of images of other classes
