@@ -24,7 +24,7 @@ METHODS = {'plot', 'imshow', 'matshow', 'scatter', 'hist', 'hist2d', 'bar', 'bar
            'plot_top_losses', 'plot_confusion_matrix', 'plot_loss', 'plot_lr_find', 'plot_sched'}
 PLT_QUIET = {'close', 'rc', 'rc_context', 'rcdefaults', 'style', 'ioff', 'ion', 'switch_backend', 'get_cmap', 'get_fignums', 'isinteractive'}
 # notebooks of other authors that still draw figures they do not save; each is reported and must still draw, so it leaves this set when fixed
-PENDING = {'gallery', 'interpret', 'metrics'}
+PENDING = {'interpret'}
 
 def _name(f):
     "The called name: `f` for `f(...)`, `m` for `x.m(...)`"
