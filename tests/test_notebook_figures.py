@@ -1,10 +1,11 @@
 """Every figure a notebook draws is on its page: the docs site renders the outputs saved in the notebooks and executes nothing.
 
 A code cell draws when a statement it runs (not one inside a `def`, `class` or `lambda`) calls matplotlib (`plt.*`, an axes'
-`plot`, `imshow`, `scatter`...), fastai's `show_batch`, `show_results`, `show`, `lr_find` (unless `show_plot=False`)..., a `plot_*` function, or a function
-of the package or of the notebook that does one of these. The cells checked are those the page shows with their outputs (see
-docs/build.py): not `#| hide`, `#| include: false`, `#| output: false` or `#| eval: false`, nor a cell that closes its figures
-with `plt.close`, which keeps them off the page on purpose. Each such cell must have saved an image (PNG or SVG)."""
+`plot`, `imshow`, `scatter`...), fastai's `show_batch`, `show_results`, `show`, `lr_find` (unless `show_plot=False`)..., a
+`plot_*` function, or a function of the package or of the notebook that does one of these. The cells checked are those the
+page shows with their outputs (see docs/build.py): not `#| hide`, `#| include: false`, `#| output: false` or `#| eval: false`,
+nor a cell that closes its figures with `plt.close`, which keeps them off the page on purpose. Each such cell must have saved an
+image (PNG or SVG)."""
 import ast, importlib.util, json
 from pathlib import Path
 import pytest
