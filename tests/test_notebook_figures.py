@@ -23,8 +23,9 @@ METHODS = {'plot', 'imshow', 'matshow', 'scatter', 'hist', 'hist2d', 'bar', 'bar
            'fill_between', 'fill_betweenx', 'stem', 'semilogx', 'semilogy', 'loglog', 'contour', 'contourf', 'pcolormesh',
            'hexbin', 'quiver', 'heatmap', 'show', 'show_batch', 'show_results', 'show_image', 'show_images', 'show_titled_image',
            'plot_top_losses', 'plot_confusion_matrix', 'plot_loss', 'plot_lr_find', 'plot_sched'}
-PLT_QUIET = {'close', 'rc', 'rc_context', 'rcdefaults', 'style', 'ioff', 'ion', 'switch_backend', 'get_cmap', 'get_fignums', 'isinteractive'}
-# notebooks of other authors that still draw figures they do not save; each is reported and must still draw, so it leaves this set when fixed
+PLT_QUIET = {'close', 'rc', 'rc_context', 'rcdefaults', 'style', 'ioff', 'ion', 'switch_backend', 'get_cmap', 'get_fignums',
+             'isinteractive'}
+# pages whose notebooks still draw figures they do not save: each is reported, and fails once fixed, to leave this set
 PENDING = {'interpret'}
 
 def _name(f):
@@ -46,10 +47,13 @@ def _draws(call, drawers):
     if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) and f.value.attr == 'plot': return True  # df.plot.bar()
     n = _name(f)
     if n == 'scatter' and call.args and isinstance(call.args[0], ast.Constant): return False  # torch's `Tensor.scatter(dim, ...)`
-    if n == 'lr_find': return not any(k.arg == 'show_plot' and isinstance(k.value, ast.Constant) and not k.value.value for k in call.keywords)
+    if n == 'lr_find': return not any(k.arg == 'show_plot' and isinstance(k.value, ast.Constant) and not k.value.value
+                                      for k in call.keywords)
     return n is not None and (n in METHODS or n.startswith('plot_') or n in drawers)
 
-def _closes(tree): return any(_name(c.func) == 'close' and isinstance(c.func, ast.Attribute) and _name(c.func.value) == 'plt' for c in _calls(tree))
+def _closes(tree):
+    "Does `tree` close figures (`plt.close`)?"
+    return any(_name(c.func) == 'close' and isinstance(c.func, ast.Attribute) and _name(c.func.value) == 'plt' for c in _calls(tree))
 
 def _parse(src):
     "`src` as Python, IPython's magics and shell lines left out"
@@ -61,7 +65,8 @@ def drawing_functions(trees, known=()) -> set:
     defs = {n: d for n,d in defs.items() if not any(_closes(s) for s in d.body)}  # one that closes its figures, to save them, shows none
     res = set()
     while True:
-        new = {n for n,d in defs.items() if n not in res and any(_draws(c, res | (set(known) - set(defs))) for s in d.body for c in _calls(s))}
+        names = res | (set(known) - set(defs))  # a name the notebook or module defines is its own function
+        new = {n for n,d in defs.items() if n not in res and any(_draws(c, names) for s in d.body for c in _calls(s))}
         if not new: return res
         res |= new
 
