@@ -105,6 +105,7 @@ def _assert_values(cos, targ):
     torch._assert_async(_in_range(targ, cos.shape[1]) & _finite_sum(cos),
                         f"`targ` must be class indices in [0, {cos.shape[1]}) and `cos` finite cosines: rerun with check='host' to see which")
 
+# %% ../nbs/00_losses.ipynb #bb3b78b2
 def _check_reduction(reduction):
     if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}")
 
@@ -134,6 +135,7 @@ def _prepare(cos, targ, check=True):
     elif check: _assert_values(cos, targ)
     return cos.float() if cos.dtype in (torch.float16, torch.bfloat16) else cos,targ.long()
 
+# %% ../nbs/00_losses.ipynb #8167b6c9
 def _per_sample(m, name, cos, targ):
     "`m` as `target_logit` takes it: a float, or each sample's margin from a tensor of one margin per class"
     if not isinstance(m, Tensor): return m
