@@ -26,6 +26,7 @@ class OpenSetDataLoaders(DataLoaders):
     @property
     def unseen(self): return self.loaders[2]
 
+# %% ../nbs/04a_openset.ipynb #e1587255
 def pick_seen(
     classes:list, # every class name, in the data's vocab order
     seen=None, # k (count), a fraction in (0, 1), or a list of names (or of indices); default half the classes
@@ -46,6 +47,7 @@ def pick_seen(
     if not 0 < len(idx) < n: raise ValueError(f"seen must keep at least one class seen and one unseen of the {n}, got {len(idx)} seen")
     return idx
 
+# %% ../nbs/04a_openset.ipynb #85ba391e
 def _check_unseen_split(s):
     if s not in ('auto', 'valid', 'all'): raise ValueError(f"unseen_split must be 'auto', 'valid' or 'all', got {s!r}")
 
@@ -60,6 +62,7 @@ def resolve_unseen_split(unseen_split:str, valid_labels) -> str:
     if unseen_split != 'auto': return unseen_split
     return 'valid' if genuine_pairs(valid_labels) >= MIN_GENUINE else 'all'  # none of the unseen classes' images is trained on
 
+# %% ../nbs/04a_openset.ipynb #fd7bdffd
 def _tensors(data) -> tuple:
     "(x_train, y_train, x_valid, y_valid, vocab, extra batch tfms) of `tensor_dls`-made `DataLoaders`, or of four tensors"
     if isinstance(data, DataLoaders):
@@ -87,7 +90,7 @@ def _tensor_open_set(data, seen, seed, vocab, bs, unseen_split, **kwargs):
     uds = Datasets(ImageRows(xu, remap[yu]), [[image_tfm(xu)], [IndexCategorize([vocab[c] for c in unseen])]], split_idx=1)
     return dls,dls.valid.new(uds),[vocab[c] for c in seen],[vocab[c] for c in unseen],unseen_split
 
-# %% ../nbs/04a_openset.ipynb #5e1c0a7b
+# %% ../nbs/04a_openset.ipynb #445c2c54
 def _label_pipe(ds) -> Pipeline:
     "The target pipeline of fastai `Datasets` without its `Categorize`: item → class name"
     cats = [f for f in ds.tls[-1].tfms.fs if isinstance(f, Categorize)] if isinstance(ds, Datasets) else []
@@ -123,6 +126,7 @@ def _fastai_open_set(data, seen, seed, bs, unseen_split, **kwargs):
     uds = Datasets(_cat(*uitems), [x_fs, [*y_name.fs, Categorize(unseen_names, sort=False)]], split_idx=1)  # no augmentation
     return new,new.valid.new(uds),seen_names,unseen_names,unseen_split
 
+# %% ../nbs/04a_openset.ipynb #ba8369a7
 def ClassSplitter(
     seen=None, # seen classes, as for `pick_seen`
     get_y=parent_label, # the `DataBlock`'s label function
@@ -143,6 +147,7 @@ def ClassSplitter(
                 [i for i in (va if split == 'valid' else range(len(items))) if names[i] not in s])
     return _inner
 
+# %% ../nbs/04a_openset.ipynb #5e1c0a7b
 def open_set_dls(
     data, # `DataLoaders` (`ImageDataLoaders.from_folder`/`from_df`/`from_csv`, a `DataBlock`'s, `tensor_dls`'s), a `DataBlock`, or 4 tensors
     seen=None, # seen classes: a count, a fraction, a list of names or indices (see `pick_seen`); default half of them
@@ -162,7 +167,6 @@ def open_set_dls(
     res = OpenSetDataLoaders(dls.train, dls.valid, udl, path=dls.path, device=dls.device)
     res.seen,res.unseen_classes,res.unseen_split = sn,un,split
     return res
-
 
 # %% ../nbs/04a_openset.ipynb #5e1c0a7f
 def _mnist_like(p:Path) -> bool: return (p/'training').is_dir() or any(p.glob('train-images-idx3-ubyte*'))
