@@ -26,7 +26,7 @@ METHODS = {'plot', 'imshow', 'matshow', 'scatter', 'hist', 'hist2d', 'bar', 'bar
 PLT_QUIET = {'close', 'rc', 'rc_context', 'rcdefaults', 'style', 'ioff', 'ion', 'switch_backend', 'get_cmap', 'get_fignums',
              'isinteractive'}
 # pages whose notebooks still draw figures they do not save: each is reported, and fails once fixed, to leave this set
-PENDING = {'interpret'}
+PENDING = set()
 
 def _name(f):
     "The called name: `f` for `f(...)`, `m` for `x.m(...)`"
