@@ -111,53 +111,62 @@ class Checkpoint(Callback):
         for s in self._steps():
             if s < self.train_iter: self._file(s).unlink(missing_ok=True)
 
-    def before_fit(self):
-        if hasattr(self.learn, 'lr_finder'): self.run = False; return  # `lr_find`'s mock fit is no part of the run (fastai resets `run`)
-        self.dir = Path(ifnone(self.path, self.learn.path/self.learn.model_dir))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.start,self.skip,self.offset,self.off,self.resumed = 0,0,0,[],None
-        step = self.last_step()
-        if step is None: return
-        st = torch.load(self._file(step), map_location=one_param(self.model).device, weights_only=False)  # our own pickle, not a download
-        if (st['n_epoch'], st['n_iter']) != (self.n_epoch, len(self.dls.train)):
-            raise ValueError(f"{self._file(step)} is a fit of {st['n_epoch']} epochs of {st['n_iter']} batches, "
-                             f"not {self.n_epoch} of {len(self.dls.train)}: remove it to start again")
-        get_model(self.model).load_state_dict(st['model'])
-        self.opt.load_state_dict(st['opt'])
-        if st['loss']: self.loss_func.load_state_dict(st['loss'])
-        for k,s in st['gens'].items():
-            if not isinstance(getattr(self.loss_func, k, None), torch.Generator): setattr(self.loss_func, k, torch.Generator())
-            getattr(self.loss_func, k).set_state(s.cpu())
-        mine = [cb for cb in self.learn.cbs if cb is not self]
-        seen = {}
-        for name,state in st['cbs']:  # the n-th callback of each type gets the n-th saved one's state
-            match = [cb for cb in mine if type(cb).__name__ == name]
-            i = seen[name] = seen.get(name, -1) + 1
-            if i < len(match): _set_cb_state(match[i], state)
-        for dl,s in zip(map(_shuffler, self.dls.loaders), st['rngs']): dl.rng.setstate(s)
-        self.learn.train_iter,self.start,self.skip,self.resumed = st['train_iter'],st['epoch'],st['batch'],step
-        if self.skip: self.pct,self.states = st['pct_train'],st['random']
-        else: set_random_states(st['random'])
-        if self.start: self.off = [cb for cb in mine if cb.run]  # quiet through the epochs already done
-        for cb in self.off: cb.run = False
+# %% ../nbs/04e_checkpoint.ipynb #a2e4c005
+@patch
+def before_fit(self:Checkpoint):
+    if hasattr(self.learn, 'lr_finder'): self.run = False; return  # `lr_find`'s mock fit is no part of the run (fastai resets `run`)
+    self.dir = Path(ifnone(self.path, self.learn.path/self.learn.model_dir))
+    self.dir.mkdir(parents=True, exist_ok=True)
+    self.start,self.skip,self.offset,self.off,self.resumed = 0,0,0,[],None
+    step = self.last_step()
+    if step is None: return
+    st = torch.load(self._file(step), map_location=one_param(self.model).device, weights_only=False)  # our own pickle, not a download
+    if (st['n_epoch'], st['n_iter']) != (self.n_epoch, len(self.dls.train)):
+        raise ValueError(f"{self._file(step)} is a fit of {st['n_epoch']} epochs of {st['n_iter']} batches, "
+                         f"not {self.n_epoch} of {len(self.dls.train)}: remove it to start again")
+    get_model(self.model).load_state_dict(st['model'])
+    self.opt.load_state_dict(st['opt'])
+    if st['loss']: self.loss_func.load_state_dict(st['loss'])
+    for k,s in st['gens'].items():
+        if not isinstance(getattr(self.loss_func, k, None), torch.Generator): setattr(self.loss_func, k, torch.Generator())
+        getattr(self.loss_func, k).set_state(s.cpu())
+    mine = [cb for cb in self.learn.cbs if cb is not self]
+    seen = {}
+    for name,state in st['cbs']:  # the n-th callback of each type gets the n-th saved one's state
+        match = [cb for cb in mine if type(cb).__name__ == name]
+        i = seen[name] = seen.get(name, -1) + 1
+        if i < len(match): _set_cb_state(match[i], state)
+    for dl,s in zip(map(_shuffler, self.dls.loaders), st['rngs']): dl.rng.setstate(s)
+    self.learn.train_iter,self.start,self.skip,self.resumed = st['train_iter'],st['epoch'],st['batch'],step
+    if self.skip: self.pct,self.states = st['pct_train'],st['random']
+    else: set_random_states(st['random'])
+    if self.start: self.off = [cb for cb in mine if cb.run]  # quiet through the epochs already done
+    for cb in self.off: cb.run = False
 
-    def before_epoch(self):
-        if self.epoch < self.start: raise CancelEpochException
+# %% ../nbs/04e_checkpoint.ipynb #a2e4c007
+@patch
+def before_epoch(self:Checkpoint):
+    if self.epoch < self.start: raise CancelEpochException
 
-    def before_train(self):
-        self.epoch_rng = _shuffler(self.dl).rng.getstate()  # before this epoch's shuffle
-        if self.skip and self.epoch == self.start:
-            self.learn.pct_train,self.offset = self.pct,self.skip  # `TrainEvalCallback` set it to the epoch's start
-            resume_at(self.dl, self.skip, self.states)
+@patch
+def before_train(self:Checkpoint):
+    self.epoch_rng = _shuffler(self.dl).rng.getstate()  # before this epoch's shuffle
+    if self.skip and self.epoch == self.start:
+        self.learn.pct_train,self.offset = self.pct,self.skip  # `TrainEvalCallback` set it to the epoch's start
+        resume_at(self.dl, self.skip, self.states)
 
-    def before_batch(self): self.learn.iter += self.offset  # the batch's place in the epoch, as without a resume
+@patch
+def before_batch(self:Checkpoint): self.learn.iter += self.offset  # the batch's place in the epoch, as without a resume
 
-    def after_batch(self):
-        if self.every and (self.iter+1) % self.every == 0 and self.iter+1 < self.n_iter: self.save(self.epoch, self.iter+1)
+@patch
+def after_batch(self:Checkpoint):
+    if self.every and (self.iter+1) % self.every == 0 and self.iter+1 < self.n_iter: self.save(self.epoch, self.iter+1)
 
-    def after_train(self): self.offset = 0
+@patch
+def after_train(self:Checkpoint): self.offset = 0
 
-    def after_epoch(self):
-        if self.epoch >= self.start: return self.save(self.epoch+1, 0)
-        if self.epoch == self.start-1:
-            for cb in self.off: cb.run = True
+@patch
+def after_epoch(self:Checkpoint):
+    if self.epoch >= self.start: return self.save(self.epoch+1, 0)
+    if self.epoch == self.start-1:
+        for cb in self.off: cb.run = True
