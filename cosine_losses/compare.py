@@ -50,7 +50,7 @@ class EpochTimer(Callback):
     def before_epoch(self): self.t0 = time.perf_counter()
     def after_epoch(self): self.times.append(time.perf_counter() - self.t0)
 
-# %% ../nbs/05_compare.ipynb #40f81714
+# %% ../nbs/05_compare.ipynb #e98eae48
 def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, pretrained:bool=False, **kwargs) -> Learner:
     "`softmax_learner` or `cosine_learner` for the loss named by `loss`, with random initial weights unless `pretrained`"
     cfg = parse_loss(loss)
@@ -61,6 +61,7 @@ def make_learner(dls, loss:str='arcface', arch=None, emb_size:int=128, pretraine
     if not cfg.pop('fallback', 1.): kwargs['loss_func'] = NoFallbackLoss(**{k: v for k,v in cfg.items() if k != 'warmup'})
     return cosine_learner(dls, arch, emb_size=emb_size, pretrained=pretrained, **cfg, **kwargs)
 
+# %% ../nbs/05_compare.ipynb #40f81714
 def _bars() -> bool:
     "Whether progress bars have a screen: a notebook or a terminal, not a file or pipe (fastprogress asks `stdout.isatty` without calling it)"
     return IN_NOTEBOOK or sys.stdout.isatty()
@@ -140,6 +141,7 @@ def summarize(res:pd.DataFrame) -> pd.DataFrame:
     if 'notes' in last: summ['notes'] = last.groupby('loss').notes.agg(lambda s: '; '.join(dict.fromkeys('; '.join(s.dropna()).split('; '))))
     return summ.rename_axis('loss')
 
+# %% ../nbs/05_compare.ipynb #764a7a6f
 _SHOWN = dict(map_at_r='MAP@R', precision_at_1='P@1', r_precision='R-precision', **{'tar_at_far_1e-3': 'TAR@FAR=1e-3'}, roc_auc='ROC AUC',
               rank_1='rank-1', **{'dir_at_far_1e-2': 'DIR@FAR=1e-2'})
 def format_summary(summ:pd.DataFrame) -> str:
@@ -157,6 +159,7 @@ def format_summary(summ:pd.DataFrame) -> str:
     notes = dict.fromkeys(n for s in summ.get('notes', pd.Series(dtype=str)).dropna() for n in s.split('; ') if n)
     return '\n'.join(lines + ([''] + [f'- {n}' for n in notes] if notes else []))
 
+# %% ../nbs/05_compare.ipynb #3d2d51aa
 def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=None):
     "`metric` (%) per epoch, mean over seeds with a ±1 std band, one line per loss"
     if ax is None: _,ax = plt.subplots(figsize=(6, 4))
@@ -172,6 +175,7 @@ def plot_compare(res:pd.DataFrame, metric:str='accuracy', ax=None, title:str=Non
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     return ax.figure
 
+# %% ../nbs/05_compare.ipynb #a4cd6f82
 def roc_rows(fpr, tpr, far=FAR_GRID) -> pd.DataFrame:
     "A ROC curve as true-accept rates at the false-accept rates `far`; NaN below ten times its smallest non-zero FAR"
     fmin = fpr[fpr > 0].min()
@@ -249,6 +253,7 @@ def compare(dls, losses=('softmax', 'arcface', 'combined'), epochs:int=5, seeds:
         write_sheet(out, summ, title, about)
     return summ
 
+# %% ../nbs/05_compare.ipynb #5deb4dc6
 def _md_table(md:str) -> str:
     "A markdown table (`format_summary`'s) as HTML"
     rows = [[c.strip() for c in l.strip('|').split('|')] for l in md.splitlines() if l.startswith('|') and not l.startswith('|---')]
