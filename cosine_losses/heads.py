@@ -79,7 +79,7 @@ class ArcFaceHead(nn.Module):
         out = torch.float64 if w.dtype == torch.float64 else torch.float32
         cos = _Cosines.apply(x, w, out)
         if self.k > 1: cos = cos.view(len(x), self.n_out, self.k).amax(-1)
-        if getattr(self, 'norms', False): cos.norms = x.to(out).norm(dim=1)  # with its gradient (MagFace trains it); getattr: heads pickled before `norms` existed
+        if self.norms: cos.norms = x.to(out).norm(dim=1)  # with its gradient (MagFace trains it)
         return cos
 
-    def extra_repr(self): return f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1) + ", norms=True"*getattr(self, 'norms', False)
+    def extra_repr(self): return f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1) + ", norms=True"*self.norms

@@ -245,7 +245,7 @@ class CombinedMarginLoss(nn.Module):
         return _per_sample(m, name, cos, targ)
 
     def forward(self, cos:Tensor, targ:Tensor) -> Tensor:
-        cos,targ = _prepare(cos, targ, getattr(self, 'check', True))  # getattr: losses pickled before `check` existed
+        cos,targ = _prepare(cos, targ, self.check)
         loss = _MarginCE.apply(cos, targ, self.s, self.m1, self._margin('m2', cos, targ), self._margin('m3', cos, targ), self.easy_margin, self.detach_margin)
         return _reduce(loss, self.reduction)
 
@@ -253,7 +253,7 @@ class CombinedMarginLoss(nn.Module):
     def decodes(self, cos:Tensor) -> Tensor: return cos.argmax(dim=-1)
     def extra_repr(self):
         fmt = lambda m: f"tensor of {len(m)} in [{m.min().item():.3g}, {m.max().item():.3g}]" if isinstance(m, Tensor) else m
-        return f"s={self.s}, m1={self.m1}, m2={fmt(self.m2)}, m3={fmt(self.m3)}" + ", easy_margin=True"*self.easy_margin + ", detach_margin=True"*self.detach_margin + (f", check={self.check!r}" if getattr(self, 'check', True) is not True else "")
+        return f"s={self.s}, m1={self.m1}, m2={fmt(self.m2)}, m3={fmt(self.m3)}" + ", easy_margin=True"*self.easy_margin + ", detach_margin=True"*self.detach_margin + (f", check={self.check!r}" if self.check is not True else "")
 
 # %% ../nbs/00_losses.ipynb #cb0373f6
 @delegates(CombinedMarginLoss, but=['m1', 'm2', 'm3'])
