@@ -15,7 +15,7 @@ __all__ = ['MarginScheduler', 'theta_target', 'theta_nearest', 'AngleStats', 'Au
 # %% ../nbs/04_callbacks.ipynb #5300c7d6
 class MarginScheduler(Callback):
     "Schedule the loss's `m1`, `m2`, `m3` or `s` over training with fastai's schedule functions"
-    order,run_valid = 65,False  # after `ParamScheduler`, whose `after_fit` replaces `recorder.hps`
+    order,run_valid,_ckpt_attrs = 65,False,('hps',)  # after `ParamScheduler`, whose `after_fit` replaces `recorder.hps`; `Checkpoint` keeps `hps`
     _names = ('m1', 'm2', 'm3', 's')
     def __init__(self, scheds:dict): # {name: schedule}, e.g. `{'m2': SchedLin(0, .5)}`
         bad = [k for k in scheds if k not in self._names]

@@ -11,7 +11,6 @@ import torch.distributed as dist
 from fastai.vision.all import *
 from fastai.callback.tracker import TrackerCallback
 from .learner import loss_state
-from .callbacks import MarginScheduler
 from .data import _is_instance  # not `fastai.distributed` nor `openset`: they import accelerate, tqdm.auto, sklearn, faiss
 
 # %% auto #0
@@ -50,19 +49,23 @@ def _world(group=None) -> tuple:
     return (dist.get_rank(group),dist.get_world_size(group)) if dist.is_initialized() else (0,1)
 
 # %% ../nbs/04e_checkpoint.ipynb #e4c0000b
-_CB_STATE = {Recorder: ('lrs', 'iters', 'losses', 'values', 'smooth_loss'), ParamScheduler: ('hps',), MarginScheduler: ('hps',),
-             TrackerCallback: ('best', 'wait'),
-             'cosine_losses.openset.OpenSetMetrics': ('scores', 'roc')}  # by name: if openset was never imported, no callback is one
+@patch(as_prop=True)
+def _ckpt_attrs(self:Recorder): return ('lrs', 'iters', 'losses', 'values', 'smooth_loss')
+
+@patch(as_prop=True)
+def _ckpt_attrs(self:ParamScheduler): return ('hps',)
+
+@patch(as_prop=True)
+def _ckpt_attrs(self:TrackerCallback): return ('best', 'wait')
 
 def _cb_state(cb) -> dict:
-    "What `cb` has accumulated in the fit: the attributes `_CB_STATE` or its own `_ckpt_attrs` name"
-    names = [*getattr(cb, '_ckpt_attrs', ()), *(a for t,o in _CB_STATE.items() if _is_instance(cb, t) for a in o)]
-    return {k: cb.__dict__[k] for k in names if k in cb.__dict__}
+    "What `cb` has accumulated in the fit: the attributes its `_ckpt_attrs` name"
+    return {k: cb.__dict__[k] for k in getattr(cb, '_ckpt_attrs', ()) if k in cb.__dict__}
 
 def _set_cb_state(cb, state:dict):
     for k,v in state.items():
         cur = cb.__dict__.get(k)
-        if isinstance(cur, dict) and isinstance(v, dict): cur.clear(); cur.update(v)  # in place: others may hold it (`OpenSetMetrics.scores`)
+        if isinstance(cur, dict) and isinstance(v, dict): cur.clear(); cur.update(v)  # in place: others may hold it
         else: setattr(cb, k, v)
 
 # %% ../nbs/04e_checkpoint.ipynb #e4c0000d

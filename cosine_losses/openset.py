@@ -376,7 +376,7 @@ def embed(
 
 class OpenSetMetrics(Callback):
     "Open-set scores of the unseen classes after each epoch, as columns of the progress table and of `recorder.values`"
-    order = Recorder.order - 1  # its metrics must exist when `Recorder.before_fit` names them, and be computed before it logs them
+    order,_ckpt_attrs = Recorder.order - 1,('scores', 'roc')  # its metrics must exist when `Recorder.before_fit` names them, and be computed before it logs them
     def __init__(self,
         dl=None, # the unseen classes' DataLoader; default `dls.unseen` of `open_set_dls`
         metrics=('precision_at_1', 'map_at_r', 'tar_at_far_1e-3', 'roc_auc'), # keys of `open_set_metrics` to show, or 'all'
