@@ -21,7 +21,7 @@ from fastprogress import fastprogress
 from cosine_losses.identities import mnist_numbers, identity_dls
 from cosine_losses.compare import train_one
 from cosine_losses.openset import embed
-from cosine_losses.gallery import threshold_transfer
+from cosine_losses.calibration import threshold_transfer
 from cosine_losses.watch import StuckRunWarning
 
 class Keep(Callback):

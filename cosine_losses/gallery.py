@@ -358,11 +358,3 @@ def identify_folder(
     labels,scores = gallery.identify(model.embed_items(ok, bs)[0], threshold, far)
     rel = [str(f.relative_to(folder)) for f in ok]
     return pd.DataFrame(dict(file=rel, label=['unknown' if o is None else o for o in labels], score=np.round(scores, 4))),bad
-
-# %% ../nbs/04d_gallery.ipynb #3c0f7a12
-_MOVED = {**dict.fromkeys(['Calibration', 'calibrate_threshold', 'achieved_far', 'threshold_transfer'], 'calibration'),
-          **dict.fromkeys(['model_fingerprint', 'rejection_auroc', 'load_model'], 'learner_gallery')}
-def __getattr__(name):
-    "A name of the calibration or the learner side, from its module (imported on first use: the learner side imports torch)"
-    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f'.{_MOVED[name]}', __package__), name)

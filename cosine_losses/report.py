@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from .heads import ArcFaceHead
 from .compare import make_learner
 from .sweep import config_name, SOFTMAX, margin_config
-from .openset import OPEN_SET_KEYS
+from .metrics import OPEN_SET_KEYS
 
 # %% auto #0
 __all__ = ['paper_table', 'sweep_results', 'summarize_sweep', 'read_runs', 'plot_arcface', 'plot_combined', 'plot_best',

@@ -21,10 +21,11 @@ def _py(code):
 def test_import_boundary():
     out = _py(REFUSE + """
 import cosine_losses, cosine_losses.gallery, cosine_losses.calibration, cosine_losses.embedder
-from cosine_losses.gallery import Gallery, enrol_folder, identify_folder, threshold_transfer  # an old path of a moved name, torch-free
+from cosine_losses.gallery import Gallery, enrol_folder, identify_folder
+from cosine_losses.calibration import threshold_transfer
 from cosine_losses.embedder import OnnxEmbedder
 print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'fastai')))
-try: from cosine_losses.gallery import model_fingerprint  # the learner side needs torch: refused here, as it should be
+try: from cosine_losses.learner_gallery import model_fingerprint  # the learner side needs torch: refused here, as it should be
 except ImportError as e: print('refused:', e)
 """)
     assert out.splitlines()[-2] == '[]' and out.splitlines()[-1].startswith('refused: fastai may not be imported'), out
