@@ -15,6 +15,7 @@ from .callbacks import *
 from .compile import *
 from .metrics import *
 from .curves import *
+from .splits import *
 from .openset import *
 from .checkpoint import *
 from .interpret import *

@@ -102,7 +102,7 @@ def load_data(
     out:str=None, # folder to write `classes.csv` in
 ):
     "`load_dls` of the command's options, at a batch size that trains (`batch_size`); prints the classes and writes them to `out/classes.csv`"
-    from cosine_losses.openset import load_dls, class_table
+    from cosine_losses.splits import load_dls, class_table
     if data is not None and csv is not None: raise ValueError("give --data or --csv, not both")
     dls = load_dls(ifnone(csv, data), bs=ifnone(bs, _BS), seen=_seen(seen), seen_seed=seen_seed, unseen_split=unseen_split, size=size,
                    augment=augment, valid_pct=valid_pct, n_train=n_train, n_valid=n_valid)
@@ -156,7 +156,7 @@ def cosine_compare(
 
 def _about(cmd:str, dls, data:str, arch:str, pretrained:bool) -> dict:
     "What `sheet.html` records of a comparison besides what `compare` knows: the command, the data, the body and the images' size"
-    from cosine_losses.openset import class_table
+    from cosine_losses.splits import class_table
     tab,x = class_table(dls),dls.valid.one_batch()[0]
     n = {k: int(tab[k].sum()) for k in ('train', 'valid', 'unseen') if k in tab}
     return {'command': cmd, 'data': f"{data or 'MNIST'}: {len(tab)} classes ({(tab.role == 'seen').sum()} seen), "

@@ -13,7 +13,8 @@ from .family import FAMILY_PRESETS
 from .learner import cosine_learner, softmax_learner
 from .data import mnist_dls
 from .metrics import OPEN_SET_KEYS, tar_at_far
-from .openset import OpenSetDataLoaders, OpenSetMetrics
+from .splits import OpenSetDataLoaders
+from .openset import OpenSetMetrics
 from .curves import plot_roc, plot_det, plot_cmc
 from .checkpoint import Checkpoint
 from fastprogress.fastprogress import IN_NOTEBOOK

@@ -13,7 +13,7 @@ from torch import Tensor
 from PIL import Image, ImageDraw, ImageFont
 import matplotlib.pyplot as plt
 from .data import read_idx_folder, read_mnist
-from .openset import OpenSetDataLoaders, open_set_dls
+from .splits import OpenSetDataLoaders, open_set_dls
 
 # %% auto #0
 __all__ = ['FASHION_ENV', 'FASHION_DEBIAN', 'FASHION_CLASSES', 'GLYPH_CHARS', 'GLYPH_FONTS', 'composite_identities',

@@ -111,7 +111,8 @@ def fit_sharded():
 
 def fit_openset():
     "`OpenSetMetrics` under `distrib_ctx`: the unseen classes' loader is scored whole on every rank"
-    from cosine_losses.openset import open_set_dls, OpenSetMetrics
+    from cosine_losses.splits import open_set_dls
+    from cosine_losses.openset import OpenSetMetrics
     dls = open_set_dls(mnist_dls(mnist, n_train=512, n_valid=400), seen=5, bs=64)
     set_seed(0)
     learn = cosine_learner(dls, m2=.3, cbs=OpenSetMetrics())

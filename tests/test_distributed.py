@@ -179,7 +179,8 @@ def test_sharded_head_errors():
 
 def test_openset_metrics_score_every_unseen_item(ranks, real_mnist):
     "distrib_ctx shards train and valid only: each rank scores the whole unseen set, as one process does with the same weights"
-    from cosine_losses.openset import open_set_dls, open_set_metrics, embed
+    from cosine_losses.splits import open_set_dls
+    from cosine_losses.openset import open_set_metrics, embed
     _,res = ranks
     a,b = res[0]['openset'],res[1]['openset']
     assert [float(v) for v in a['values']] == pytest.approx([float(v) for v in b['values']], nan_ok=True)

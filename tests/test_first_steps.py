@@ -32,7 +32,7 @@ def test_learner_of_a_folder_saves_and_exports_into_it(tmp_path, monkeypatch):
 
 def test_import_does_not_load_accelerate():
     "fastai.distributed imports accelerate, which imports tqdm.auto: `TqdmWarning: IProgress not found` in a notebook without ipywidgets"
-    code = ("import sys, cosine_losses.learner, cosine_losses.data, cosine_losses.checkpoint, cosine_losses.openset, cosine_losses.interpret; "
+    code = ("import sys, cosine_losses.learner, cosine_losses.data, cosine_losses.checkpoint, cosine_losses.splits, cosine_losses.openset, cosine_losses.interpret; "
             "bad = [m for m in ('accelerate', 'fastai.distributed', 'tqdm.auto') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -72,7 +72,7 @@ def tiny(tmp_path_factory):
     "A cosine learner trained briefly on 6 of the 12 synthetic classes, exported; with the unseen classes' images"
     from fastai.vision.all import set_seed
     from cosine_losses.data import synthetic_idx, idx_dls
-    from cosine_losses.openset import open_set_dls
+    from cosine_losses.splits import open_set_dls
     from cosine_losses.learner import cosine_learner
     d = tmp_path_factory.mktemp('tiny')
     dls = open_set_dls(idx_dls(synthetic_idx(d/'syn', n_train=1200, n_valid=600, n_classes=12), bs=64), seen=6, bs=64)

@@ -262,7 +262,7 @@ def test_lr_find_leaves_loss_statistics(dls):
 def test_embeddings_of_more_unseen_than_seen_classes(real_mnist):
     "The README's `learn.get_embeddings(dl=dls.unseen)` when 7 unseen classes outnumber 3 seen ones: no loss is evaluated on them"
     from cosine_losses.data import mnist_dls
-    from cosine_losses.openset import open_set_dls
+    from cosine_losses.splits import open_set_dls
     dls = open_set_dls(mnist_dls(real_mnist, n_train=600, n_valid=500), seen=3)
     learn = cosine_learner(dls)
     emb,targs = learn.get_embeddings(dl=dls.unseen)

@@ -6,7 +6,8 @@ import matplotlib.pyplot as plt
 from fastai.vision.all import get_image_files, parent_label
 from cosine_losses.identities import glyph_identities, write_identity_folder
 from cosine_losses.data import folder_dls
-from cosine_losses.openset import open_set_dls, open_set_metrics, OpenSetMetrics
+from cosine_losses.splits import open_set_dls
+from cosine_losses.openset import open_set_metrics, OpenSetMetrics
 from cosine_losses.learner import cosine_learner
 from cosine_losses.interpret import RecognitionInterpretation
 import cosine_losses.learner_gallery  # learn.gallery, learn.identify
