@@ -7,6 +7,7 @@ Before `load_learner`, it brings the methods `learner_gallery` adds to fastai's 
 from .losses import *
 from .family import *
 from .heads import *
+from .fused import *
 from .watch import *
 from .data import *
 from .identities import *
