@@ -28,7 +28,7 @@ def data(n, q, d=128, seed=0):
 
 def speed(n, q, repeats):
     import numpy as np, faiss
-    from cosine_losses.gallery import Gallery
+    from cosine_losses.recognition.gallery import Gallery
     x,lab,p = data(n, q)
     names = [f'id{i}' for i in range(n//10)]
     labels = [names[i] for i in lab]
@@ -50,7 +50,7 @@ def speed(n, q, repeats):
 
 def memory_worker(kind, n):
     import numpy as np, faiss, gc
-    from cosine_losses.gallery import Gallery
+    from cosine_losses.recognition.gallery import Gallery
     x,lab,_ = data(n, 1)
     gc.collect(); before = rss_mb()
     g = Gallery(kind).add(x, lab.tolist())
@@ -66,7 +66,7 @@ def memory(n, kinds):
 
 def approx(n, q, kind, settings):
     import numpy as np, faiss
-    from cosine_losses.gallery import Gallery
+    from cosine_losses.recognition.gallery import Gallery
     x,lab,p = data(n, q)
     ex = Gallery().add(x, lab.tolist())
     t0 = time.perf_counter(); ap = Gallery(kind).add(x, lab.tolist()); t_build = time.perf_counter() - t0

@@ -19,9 +19,9 @@ import numpy as np, pandas as pd, torch
 from fastai.callback.core import Callback
 from fastprogress import fastprogress
 from cosine_losses.identities import mnist_numbers, identity_dls
-from cosine_losses.compare import train_one
+from cosine_losses.experiments.compare import train_one
 from cosine_losses.openset import embed
-from cosine_losses.calibration import threshold_transfer
+from cosine_losses.recognition.calibration import threshold_transfer
 from cosine_losses.watch import StuckRunWarning
 
 class Keep(Callback):

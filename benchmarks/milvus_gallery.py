@@ -32,10 +32,10 @@ def one(kind, n, q, tmp):
     x,lab,p = data(n, q)
     labels,rss0 = [f'id{i}' for i in lab],status_mb('VmRSS')
     if kind == 'gallery':
-        from cosine_losses.gallery import Gallery
+        from cosine_losses.recognition.gallery import Gallery
         g = Gallery(threshold=.5)
     else:
-        from cosine_losses.milvus import MilvusGallery
+        from cosine_losses.recognition.milvus import MilvusGallery
         g = MilvusGallery(Path(tmp)/f'{kind}.db', index=kind, params=KINDS[kind][0], search_params=KINDS[kind][1], threshold=.5, batch=5000)
     t = time.perf_counter(); g.add(x, labels); enrol = time.perf_counter() - t
     if kind != 'gallery': g.client.flush(g.collection)  # sealed and indexed before the clock starts for queries

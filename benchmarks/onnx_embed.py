@@ -11,7 +11,7 @@ from fastai.vision.all import set_seed
 from cosine_losses.data import folder_dls, synthetic_folder
 from cosine_losses.learner import arch_from_name, cosine_learner
 import cosine_losses.learner_gallery  # learn.embed_items, learn.export_onnx
-from cosine_losses.embedder import OnnxEmbedder
+from cosine_losses.recognition.embedder import OnnxEmbedder
 
 def main(n=2000, arch='resnet18', size=64, bs=64, threads=None):
     threads = threads or torch.get_num_threads()

@@ -12,7 +12,7 @@ import numpy as np, pandas as pd, torch
 from typing import Annotated
 from fastcore.script import call_parse
 from cosine_losses.data import mnist_dls
-from cosine_losses.compare import train_one
+from cosine_losses.experiments.compare import train_one
 
 @call_parse
 def main(data:str=None, # MNIST folder; default $COSINE_LOSSES_MNIST

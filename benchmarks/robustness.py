@@ -25,7 +25,7 @@ import numpy as np, pandas as pd, torch
 from fastprogress import fastprogress
 from fastai.callback.core import Callback
 from cosine_losses.identities import mnist_numbers, fashion_outfits, glyph_identities, identity_dls
-from cosine_losses.compare import train_one
+from cosine_losses.experiments.compare import train_one
 from cosine_losses.watch import StuckRunWarning
 
 FAMILIES = {

@@ -2,8 +2,8 @@
 
 Before `load_learner`, it brings the methods `learner_gallery` adds to fastai's `Learner`: `embed_items`, `gallery`, `identify`,
 `max_cosine`, `export_onnx`."""
-# Imported by name instead: `distributed` (accelerate, through `fastai.distributed`), `sweep` and `report` (optuna, which loads tqdm.auto's
-# notebook bars), `milvus` (an optional extra), `cli` (the commands)
+# Imported by name instead: `distributed` (accelerate, through `fastai.distributed`), `recognition.milvus` (an optional extra), the
+# experiments (`cosine_losses.experiments`: optuna loads tqdm.auto's notebook bars) and `cli` (the commands)
 from .losses import *
 from .family import *
 from .heads import *
@@ -14,14 +14,13 @@ from .identities import *
 from .learner import *
 from .callbacks import *
 from .compile import *
-from .metrics import *
-from .curves import *
+from .recognition.metrics import *
+from .recognition.curves import *
 from .splits import *
 from .openset import *
 from .checkpoint import *
 from .interpret import *
-from .gallery import *
-from .calibration import *
-from .embedder import *
+from .recognition.gallery import *
+from .recognition.calibration import *
+from .recognition.embedder import *
 from .learner_gallery import *
-from .compare import *

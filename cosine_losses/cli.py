@@ -145,7 +145,7 @@ def cosine_compare(
     "Train fastai's softmax learner and cosine learners with `fit_one_cycle`; print accuracy (and open-set scores) and time per epoch"
     cmd = _command_line('cosine-compare', cosine_compare, {**locals(), **kwargs})
     _fastai()
-    from cosine_losses.compare import compare, format_summary
+    from cosine_losses.experiments.compare import compare, format_summary
     (dls,body),losses,data = _data_body(out=out, **kwargs),losses or ('softmax', 'arcface', 'combined'),kwargs['data'] or kwargs['csv']
     about,title = _about(cmd, dls, data, kwargs['arch'], kwargs['pretrained']),f"{', '.join(losses)} on {Path(data).name if data else 'MNIST'}"
     try: summ = compare(dls, losses, epochs, seeds, lr, out, sheet=sheet, about=about, title=title, emb_size=emb_size, arch=body,
@@ -194,8 +194,8 @@ def cosine_sweep(
     "Run a margin sweep into an Optuna study (resumable, shareable between processes), then report it"
     _fastai()
     import optuna
-    from cosine_losses.sweep import GRIDS, margin_sweep, margin_search, product_grid, preset_config
-    from cosine_losses.report import sweep_report, sweep_results
+    from cosine_losses.experiments.sweep import GRIDS, margin_sweep, margin_search, product_grid, preset_config
+    from cosine_losses.experiments.report import sweep_report, sweep_results
     if grid is not None and grid not in GRIDS: raise ValueError(f"--grid must be one of {list(GRIDS)}, got {grid!r}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -221,13 +221,13 @@ def _skipped(bad):
 
 def _open_gallery(gallery:str, collection:str, replace:bool=False, must_exist:bool=False):
     "(gallery or None, where it is in words): a `Gallery` file, or a `MilvusGallery` at a Milvus URI"
-    from cosine_losses.gallery import Gallery, is_milvus_uri
+    from cosine_losses.recognition.gallery import Gallery, is_milvus_uri
     if not is_milvus_uri(gallery):
         if must_exist and not Path(gallery).is_file(): raise CliError(f"no gallery file {gallery}: run `cosine-gallery enrol` first")
         return (Gallery.load(gallery) if Path(gallery).exists() and not replace else None),gallery
     where = f"{gallery} (collection {collection!r})"
     if must_exist and '://' not in gallery and not Path(gallery).exists(): raise CliError(f"no gallery {where}: run `cosine-gallery enrol` first")
-    from cosine_losses.milvus import MilvusGallery  # pymilvus only for a Milvus gallery
+    from cosine_losses.recognition.milvus import MilvusGallery  # pymilvus only for a Milvus gallery
     g = MilvusGallery(gallery, collection, replace=replace)  # the old collection stays until the new images are added
     if must_exist and not len(g): g.close(); raise CliError(f"no gallery {where}: run `cosine-gallery enrol` first")
     return g,where
@@ -235,7 +235,7 @@ def _open_gallery(gallery:str, collection:str, replace:bool=False, must_exist:bo
 def _load_model(model:str, cpu:bool):
     "An ONNX model without torch or fastai (their import takes seconds, at every call), else `load_model`'s learner"
     if Path(model).suffix.lower() == '.onnx' and Path(model).is_file():
-        from cosine_losses.embedder import OnnxEmbedder
+        from cosine_losses.recognition.embedder import OnnxEmbedder
         return OnnxEmbedder(model)
     _fastai()
     import torch
@@ -244,7 +244,7 @@ def _load_model(model:str, cpu:bool):
 
 def _class_images(folder:str) -> list:
     "The images of `folder`, refused if any lies directly in it: enrol takes each image's class from its folder, and would name it after `folder`"
-    from cosine_losses.gallery import image_files
+    from cosine_losses.recognition.gallery import image_files
     files = image_files(folder)
     if flat := [f for f in files if f.parent == Path(folder)]:
         raise CliError(f"{folder} has {len(flat)} images directly in it ({flat[0].name}, ...): enrol takes each image's class from the folder it is in; "
@@ -283,7 +283,7 @@ def cosine_gallery(
     cpu:bool=False, # run on the CPU even if a GPU is there
 ):
     "Enrol labelled images into a gallery (a file, or Milvus), or identify query images against one at a chosen false-accept rate"
-    from cosine_losses.gallery import GalleryMismatch, enrol_folder, identify_folder, is_milvus_uri
+    from cosine_losses.recognition.gallery import GalleryMismatch, enrol_folder, identify_folder, is_milvus_uri
     try:
         if action == 'enrol':
             files = _class_images(folder) if Path(model).is_file() else None  # before the seconds of loading the model (`load_model` says it is missing)

@@ -16,9 +16,9 @@ from sklearn.metrics import det_curve
 from matplotlib.lines import Line2D
 from .data import ImageRows
 from .openset import verification_pairs, pair_index, identification_metrics, identification_protocol, _check_emb
-from .metrics import threshold_at_far, smallest_far
-from . import curves
-from .curves import _ax, _fit
+from .recognition.metrics import threshold_at_far, smallest_far
+from .recognition import curves
+from .recognition.curves import _ax, _fit
 
 # %% auto #0
 __all__ = ['DET_FARS', 'RecognitionInterpretation', 'plot_det_curves', 'plot_cmc_curves']

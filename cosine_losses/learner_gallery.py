@@ -11,8 +11,8 @@ from fastai.vision.all import *
 from copy import deepcopy  # after fastai's `*`, which brings a `copy` function
 from sklearn.metrics import roc_auc_score
 from .learner import cosine_learner  # and `Learner.get_embeddings`, which `embed_items` calls
-from .gallery import Gallery, GalleryBase
-from .embedder import ONNX_FORMAT, OnnxEmbedder, graph_hash
+from .recognition.gallery import Gallery, GalleryBase
+from .recognition.embedder import ONNX_FORMAT, OnnxEmbedder, graph_hash
 
 # %% auto #0
 __all__ = ['model_fingerprint', 'rejection_auroc', 'load_model']

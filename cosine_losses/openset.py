@@ -11,7 +11,7 @@ from fastai.vision.all import *
 from sklearn.metrics import roc_curve, roc_auc_score
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKNN
-from .metrics import FARS, OPEN_SET_KEYS, far_key, Scores, tar_at_far, dir_at_far, verification_accuracy
+from .recognition.metrics import FARS, OPEN_SET_KEYS, far_key, Scores, tar_at_far, dir_at_far, verification_accuracy
 from .data import _is_instance
 
 # %% auto #0

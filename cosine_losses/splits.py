@@ -8,7 +8,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/splits.html.md"""
 from __future__ import annotations
 import random
 from fastai.vision.all import *
-from .metrics import MIN_GENUINE
+from .recognition.metrics import MIN_GENUINE
 from .data import ImageRows, IndexCategorize, image_tfm, tensor_dls, mnist_dls, folder_dls, csv_dls
 
 # %% auto #0

@@ -34,7 +34,7 @@ if kill.startswith('save:'):  # the n-th `torch.save` (all are checkpoints) writ
     torch.save = dying_save
 
 if loss == 'compare':  # two runs; KILL=n: die in the second run's epoch 1, after its batch n; OUT/trained.txt: the epochs each process trained
-    from cosine_losses.compare import compare
+    from cosine_losses.experiments.compare import compare
     class Log(Callback):
         order = Checkpoint.order - 1
         def before_fit(self): self.fits = getattr(self, 'fits', 0) + 1

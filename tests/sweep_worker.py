@@ -3,7 +3,7 @@ import sys, time, torch
 from pathlib import Path
 from fastai.callback.core import Callback
 from cosine_losses.data import tensor_dls
-from cosine_losses.sweep import margin_sweep, product_grid
+from cosine_losses.experiments.sweep import margin_sweep, product_grid
 
 def synthetic_dls(n=192, seed=0):
     "8×8 uint8 images labelled by which of 3 bands is bright"

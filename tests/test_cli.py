@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 from cosine_losses.data import synthetic_idx, synthetic_folder
-from cosine_losses.sweep import open_study
+from cosine_losses.experiments.sweep import open_study
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
 JIT_WARNING = '`torch.jit.script` is deprecated'

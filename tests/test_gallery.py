@@ -2,7 +2,7 @@
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest, torch
-from cosine_losses.gallery import Gallery, GalleryMismatch
+from cosine_losses.recognition.gallery import Gallery, GalleryMismatch
 from cosine_losses.learner_gallery import model_fingerprint
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
@@ -23,7 +23,7 @@ def test_saved_gallery_in_a_fresh_process(tmp_path):
     np.save(tmp_path/'q.npy', q.numpy())
     out = _py(f"""
 import json, numpy as np
-from cosine_losses.gallery import Gallery
+from cosine_losses.recognition.gallery import Gallery
 g = Gallery.load({str(p)!r}, fingerprint='cafe')
 q = np.load({str(tmp_path/'q.npy')!r})
 s,l = g.search(q, 3)
@@ -49,7 +49,7 @@ def test_save_killed_midway_leaves_the_old_gallery(tmp_path):
     # the new save writes its metadata, then signals and hangs before the index: killed there, mid-file
     proc = subprocess.Popen([sys.executable, '-c', f"""
 import time, zipfile, pathlib, torch
-from cosine_losses.gallery import Gallery
+from cosine_losses.recognition.gallery import Gallery
 _w = zipfile.ZipFile.writestr
 def slow(self, name, data, *a, **k):
     _w(self, name, data, *a, **k)

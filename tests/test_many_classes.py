@@ -9,7 +9,7 @@ from fastai.vision.all import set_seed
 from cosine_losses.identities import mnist_numbers, identity_dls
 from cosine_losses.learner import cosine_learner, softmax_learner
 import cosine_losses.learner_gallery  # learn.embed_items
-from cosine_losses.calibration import threshold_transfer
+from cosine_losses.recognition.calibration import threshold_transfer
 from cosine_losses.watch import StuckRunWarning
 
 HARD = dict(size=12, thin=1, shift=3, stretch=False)

@@ -2,15 +2,15 @@
 import json, os, signal, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
-from cosine_losses.gallery import Gallery, GalleryMismatch, _unit
-from cosine_losses.milvus import MilvusGallery
+from cosine_losses.recognition.gallery import Gallery, GalleryMismatch, _unit
+from cosine_losses.recognition.milvus import MilvusGallery
 from image_folders import WORDS, colour_folder, console_script
 
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
 
 HEAD = f"""import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
 import numpy as np
-from cosine_losses.milvus import MilvusGallery
+from cosine_losses.recognition.milvus import MilvusGallery
 from test_milvus import data
 """
 

@@ -20,10 +20,9 @@ def _py(code):
 
 def test_import_boundary():
     out = _py(REFUSE + """
-import cosine_losses, cosine_losses.gallery, cosine_losses.calibration, cosine_losses.embedder
-from cosine_losses.gallery import Gallery, enrol_folder, identify_folder
-from cosine_losses.calibration import threshold_transfer
-from cosine_losses.embedder import OnnxEmbedder
+import importlib, pkgutil, cosine_losses.recognition as rec
+mods = [importlib.import_module(f'{rec.__name__}.{m.name}') for m in pkgutil.iter_modules(rec.__path__)]  # every module, whatever joins
+assert {'gallery', 'calibration', 'embedder', 'milvus', 'metrics', 'curves'} <= {m.__name__.split('.')[-1] for m in mods}
 print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'fastai')))
 try: from cosine_losses.learner_gallery import model_fingerprint  # the learner side needs torch: refused here, as it should be
 except ImportError as e: print('refused:', e)
@@ -33,7 +32,7 @@ except ImportError as e: print('refused:', e)
 def test_onnx_without_torch_identifies_as_the_learner(trained):
     learn,d = trained
     enrol,queries = _folder(d/'enrol', WORDS[4:7], 4, 1),_folder(d/'queries', WORDS[4:8], 3, 2)
-    from cosine_losses.gallery import Gallery, image_files
+    from cosine_losses.recognition.gallery import Gallery, image_files
     ef,qf = image_files(enrol),image_files(queries)
     with learn.no_bar():
         ref = Gallery().add(learn.embed_items(ef)[0], [f.parent.name for f in ef])
@@ -41,8 +40,8 @@ def test_onnx_without_torch_identifies_as_the_learner(trained):
         qemb = learn.embed_items(qf)[0].numpy()
     out = _py(REFUSE + f"""
 import json, numpy as np
-from cosine_losses.gallery import Gallery
-from cosine_losses.embedder import OnnxEmbedder
+from cosine_losses.recognition.gallery import Gallery
+from cosine_losses.recognition.embedder import OnnxEmbedder
 emb = OnnxEmbedder({str(d/'model.onnx')!r})
 ef,qf = {[str(f) for f in ef]!r},{[str(f) for f in qf]!r}
 g = emb.gallery(ef, [f.split('/')[-2] for f in ef])

@@ -4,9 +4,9 @@ from collections import Counter
 from pathlib import Path
 import pytest
 from optuna.trial import TrialState
-from cosine_losses.sweep import margin_sweep, open_study, job_params, _key, config_name, paper_grid
+from cosine_losses.experiments.sweep import margin_sweep, open_study, job_params, _key, config_name, paper_grid
 import pandas as pd
-from cosine_losses.report import sweep_results, summarize_sweep, paper_table, sweep_report, read_runs
+from cosine_losses.experiments.report import sweep_results, summarize_sweep, paper_table, sweep_report, read_runs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_worker import synthetic_dls, GRID
@@ -75,7 +75,7 @@ def test_paper_grid_and_table():
     assert {(round(c['m2'], 2), round(c['m3'], 2)) for c in g[1:]} == {(r.m2, r.m3) for r in pt.query('epochs == 20').itertuples()}
 
 def test_tpe_search(tmp_path):
-    from cosine_losses.sweep import margin_search
+    from cosine_losses.experiments.sweep import margin_search
     st = margin_search(synthetic_dls(), n_trials=3, epochs=1, m2=(.1, .6), m3=(0., .2), storage=tmp_path/'s.db', study_name='tpe', emb_size=8)
     done = st.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 3 and all(.1 <= t.params['m2'] <= .6 and 0 <= t.params['m3'] <= .2 for t in done)

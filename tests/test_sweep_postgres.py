@@ -4,7 +4,7 @@ from collections import Counter
 from pathlib import Path
 import optuna, pytest
 from optuna.trial import TrialState
-from cosine_losses.sweep import open_study, job_params, _key
+from cosine_losses.experiments.sweep import open_study, job_params, _key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_worker import GRID
