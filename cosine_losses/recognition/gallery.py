@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/gallery.html.md"""
 
 # %% ../../nbs/04d_gallery.ipynb #f5373248
 from __future__ import annotations
-import hashlib, importlib, io, json, mimetypes, os, re, sys, tempfile, warnings, zipfile
+import copy, hashlib, importlib, io, json, mimetypes, os, re, sys, tempfile, warnings, zipfile
 from pathlib import Path
 import faiss, numpy as np
 from PIL import Image
@@ -50,6 +50,12 @@ def _who(model:str=None, fingerprint:str=None) -> str:
 def _npy(a) -> bytes: buf = io.BytesIO(); np.save(buf, a, allow_pickle=False); return buf.getvalue()
 
 # %% ../../nbs/04d_gallery.ipynb #2defa535
+def _counts(labels) -> dict:
+    "{label: how often it occurs}, in order of first occurrence"
+    out = {}
+    for o in labels: out[o] = out.get(o, 0) + 1
+    return out
+
 class GalleryBase:
     "What every gallery shares, whatever holds the embeddings: the checks, thresholds, `identify`, `verify` and `calibrate`"
     d = threshold = fingerprint = model = impostor = None
@@ -125,6 +131,15 @@ class GalleryBase:
         "The smallest FAR that `identify(far=)` can be asked for with this calibration (`None` before `calibrate`)"
         return None if self.impostor is None else smallest_far(len(self.impostor))
     def _calibrated(self, impostor): self.impostor = impostor
+
+    def counts(self) -> dict:
+        "{label: images enrolled}, labels in order of first enrolment"
+        return _counts(self.labels)
+    def discard(self,
+        keys:list, # keys of enrolled images, as given to `add`; unknown keys are ignored
+    ) -> int:
+        "Remove the images enrolled under `keys`; how many were removed"
+        raise NotImplementedError(f"{type(self).__name__} does not implement `discard`")
 
 # %% ../../nbs/04d_gallery.ipynb #f2e211cd
 def _key_ids(keys) -> np.ndarray:
@@ -217,6 +232,26 @@ class Gallery(GalleryBase):
         self._keep(self.codes != c)
         self.vocab.pop(c); self.codes -= self.codes > c  # its name is forgotten too
         return self
+
+    def counts(self) -> dict:
+        "{label: images enrolled}, labels in order of first enrolment"
+        return {self.vocab[c]: int(n) for c,n in enumerate(np.bincount(self.codes, minlength=len(self.vocab))) if n}
+    def discard(self,
+        keys:list, # keys of enrolled images, as given to `add`; unknown keys are ignored
+    ) -> int:
+        "Remove the images enrolled under `keys`; how many were removed"
+        gone = np.isin(self.ids, _key_ids(keys))
+        if gone.any():
+            self._keep(~gone)
+            used = np.unique(self.codes)  # a label whose last image went is forgotten, as `remove` forgets it
+            self.vocab,self.codes = [self.vocab[c] for c in used],np.searchsorted(used, self.codes).astype(np.int64)
+        return int(gone.sum())
+    def copy(self):
+        "An independent copy: a writer changes it while readers go on searching this one"
+        g = copy.copy(self)
+        g.vocab,g.codes,g.ids = list(self.vocab),self.codes.copy(),self.ids.copy()
+        g._index = None if self._index is None else faiss.clone_index(self._index)
+        return g
 
     def search(self,
         emb, # query embeddings (P, d)
