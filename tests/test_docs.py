@@ -1,10 +1,11 @@
 "The documentation site: built from the notebooks, then read in headless Chromium as a person would read it."
-import ast, base64, importlib.util, json, os, shutil, subprocess, sys, threading, time, tomllib, urllib.request
+import ast, importlib.util, json, os, shutil, subprocess, sys, threading, tomllib
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urldefrag, urlparse
 import nbformat, pytest
+from chromium import Chromium
 
 root = Path(__file__).resolve().parents[1]
 shots = root/'_screenshots'  # build artefacts for a person to look at, ignored by git
@@ -70,58 +71,6 @@ def test_pages_apply_nbdev_directives(tmp_path):
     assert [c['tags'] for c in cells[3:]] == [['remove-input'], ['remove-output'], ['remove-cell'], [], ['hide-input']]
 
 # --- the browser -----------------------------------------------------------------------------------------------
-
-class Chromium:
-    "Headless Chromium driven over the DevTools protocol"
-    def __init__(self, exe, profile):
-        import websocket
-        self.proc = subprocess.Popen([exe, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--hide-scrollbars',
-                                      '--remote-debugging-port=0', f'--user-data-dir={profile}', '--window-size=1440,1400', 'about:blank'],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file, t0 = Path(profile)/'DevToolsActivePort', time.time()
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.time() - t0 > 60 or self.proc.poll() is not None: raise RuntimeError('chromium did not start')
-            time.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        targets = json.loads(urllib.request.urlopen(f'http://127.0.0.1:{port}/json/list', timeout=10).read())
-        url = next(t['webSocketDebuggerUrl'] for t in targets if t['type'] == 'page')
-        self.ws, self.n = websocket.create_connection(url, timeout=60, suppress_origin=True), 0
-        self.send('Page.enable')
-
-    def send(self, method, **params):
-        self.n += 1
-        self.ws.send(json.dumps(dict(id=self.n, method=method, params=params)))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get('method') == 'Page.loadEventFired': self.loaded = True
-            if msg.get('id') == self.n:
-                if 'error' in msg: raise RuntimeError(f"{method}: {msg['error']}")
-                return msg['result']
-
-    def js(self, expr):
-        "Value of the JavaScript `expr` in the page, promises awaited"
-        r = self.send('Runtime.evaluate', expression=expr, returnByValue=True, awaitPromise=True)
-        if 'exceptionDetails' in r: raise RuntimeError(f"{expr}: {r['exceptionDetails']}")
-        return r['result'].get('value')
-
-    def goto(self, url):
-        "Open `url`, wait for its load event and for MathJax to finish typesetting"
-        self.loaded = False
-        self.send('Page.navigate', url=url)
-        t0 = time.time()
-        while not self.loaded:
-            if time.time() - t0 > 60: raise TimeoutError(url)
-            if json.loads(self.ws.recv()).get('method') == 'Page.loadEventFired': self.loaded = True
-        self.js("window.MathJax?.startup?.promise ?? true")
-
-    def screenshot(self, path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(base64.b64decode(self.send('Page.captureScreenshot', format='png')['data']))
-
-    def close(self):
-        self.ws.close()
-        self.proc.terminate()
-        self.proc.wait(30)
 
 @pytest.fixture(scope='module')
 def browser(site, tmp_path_factory):
