@@ -363,7 +363,7 @@ def cosine_keys(
     keys:str='keys.json', # the key file (hashes only)
 ):
     "Make, list and revoke the API keys of `cosine-serve`"
-    from cosine_losses.recognition.service import KeyStore
+    from cosine_losses.recognition.keys import KeyStore  # the standard library alone: answers at once
     ks = KeyStore(keys)
     try:
         if action == 'list':

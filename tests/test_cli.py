@@ -184,3 +184,24 @@ def test_help_lists_every_option_with_its_text(cmd):
     new,old = _help_parts(r.stdout),_help_parts((Path(__file__).parent/'cli_help'/f'{cmd}.txt').read_text())
     assert new == old, (new, old)
     assert len(new['options']) == (21 if cmd == 'cosine-compare' else 29) and '(default: 0.2)' in new['options']['--valid-pct']
+
+def test_cosine_keys_prints_a_key_once_and_keeps_only_its_hash(tmp_path):
+    "`cosine-keys add` prints the key on stdout once; `list` shows names, scopes and collections, never a key or hash; `revoke` ends it"
+    from cosine_losses.recognition.keys import Denied, KeyStore
+    run = lambda *a: subprocess.run([_exe('cosine-keys'), *a, '--keys', str(tmp_path/'keys.json')], capture_output=True, text=True, env=ENV, timeout=60)
+    r = run('add', 'door', '--scope', 'read', '--collection', 'faces')
+    assert r.returncode == 0 and "the read key 'door' for collection 'faces': shown this once" in r.stderr, r.stderr
+    key = r.stdout.strip()
+    assert re.fullmatch(r'[0-9a-f]{8}\.[\w-]{43}', key)  # an id, then 256 random bits
+    assert run('add', 'hr', '--scope', 'write').returncode == 0
+    r = run('list')
+    assert [l.split('\t')[:3] for l in r.stdout.splitlines()] == [['door', 'read', 'faces'], ['hr', 'write', 'gallery']], r.stdout
+    text = (tmp_path/'keys.json').read_text()
+    assert key not in text and key.split('.')[1] not in text and key.split('.')[1] not in r.stdout
+    assert KeyStore(tmp_path/'keys.json').check(key, 'read', 'faces')['name'] == 'door'
+    r = run('add', 'door')
+    assert r.returncode != 0 and "a key named 'door' already" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert run('revoke', 'door').returncode == 0
+    with pytest.raises(Denied): KeyStore(tmp_path/'keys.json').check(key, 'read', 'faces')
+    r = run('revoke', 'door')
+    assert r.returncode != 0 and "no key named 'door'" in r.stderr, r.stderr

@@ -19,75 +19,11 @@ from starlette.concurrency import run_in_threadpool
 import cosine_losses.recognition as _recognition
 from .embedder import OnnxEmbedder, preprocess
 from .gallery import Gallery, GalleryBase, GalleryMismatch, is_milvus_uri
+from .keys import Denied, KeyStore
 from .metrics import threshold_at_far
 
 # %% auto #0
-__all__ = ['KEYS_FORMAT', 'SCOPES', 'STATIC', 'Denied', 'KeyStore', 'read_image', 'Batcher', 'open_gallery', 'make_app', 'serve',
-           'app_from_env']
-
-# %% ../../nbs/04k_service.ipynb #5e7a1c07
-KEYS_FORMAT = 'cosine_losses.keys/1'
-SCOPES = ('read', 'write')
-
-class Denied(HTTPException): "A request without a valid key (401) or outside its key's scope or collection (403); never names the key"
-
-def _digest(salt:str, key:str) -> str: return hashlib.sha256(bytes.fromhex(salt) + key.encode()).hexdigest()
-
-class KeyStore:
-    "API keys in a JSON file, each kept as a salted SHA-256 with its name, scope ('read' or 'write') and collection"
-    def __init__(self,
-        path, # the key file (made by the first `add`)
-    ): self.path,self._stamp,self._keys = Path(path),None,{}
-    def _load(self) -> dict:
-        try: stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError: stamp = None
-        if stamp != self._stamp:  # the file changed (a key added or revoked): read it again
-            d = json.loads(self.path.read_text()) if stamp else {'format': KEYS_FORMAT, 'keys': []}
-            if d.get('format') != KEYS_FORMAT: raise ValueError(f"{self.path} is not a key file of this version ({d.get('format')!r})")
-            self._keys,self._stamp = {o['id']: o for o in d['keys']},stamp
-        return self._keys
-    def _save(self, keys:dict):
-        fd,tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f'.{self.path.name}.', suffix='.tmp')
-        with os.fdopen(fd, 'w') as f: json.dump({'format': KEYS_FORMAT, 'keys': list(keys.values())}, f, indent=1)
-        os.chmod(tmp, 0o600); os.replace(tmp, self.path)  # hashes only, yet readable by its owner alone
-        self._stamp = None
-
-    def add(self,
-        name:str, # who holds it, unique in the file: an application, a device, a person
-        scope:str='read', # 'read': identify, verify, list; 'write': enrol, delete, calibrate, and read
-        collection:str='gallery', # the only collection it opens
-    ) -> str:
-        "A new random key: returned once, only its hash is kept"
-        keys = self._load()
-        if scope not in SCOPES: raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
-        if not name or len(name) > 100: raise ValueError("a key's name has 1 to 100 characters")
-        if any(o['name'] == name for o in keys.values()): raise ValueError(f"there is a key named {name!r} already: revoke it first, or pick another name")
-        kid,secret,salt = secrets.token_hex(4),secrets.token_urlsafe(32),secrets.token_hex(16)
-        key = f'{kid}.{secret}'
-        self._save({**keys, kid: dict(id=kid, name=name, scope=scope, collection=collection, salt=salt, sha256=_digest(salt, key),
-                                     created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))})
-        return key
-    def list(self) -> list:
-        "The keys' names, scopes, collections and dates: never a key, nor its hash"
-        return [{k: o[k] for k in ('name', 'scope', 'collection', 'created')} for o in self._load().values()]
-    def revoke(self, name:str):
-        "Forget the key named `name`"
-        keys = self._load()
-        if not (kid := [k for k,o in keys.items() if o['name'] == name]): raise KeyError(f"no key named {name!r} in {self.path}")
-        self._save({k: o for k,o in keys.items() if k != kid[0]})
-
-    def check(self,
-        key:str|None, # the request's `X-API-Key`
-        scope:str, # what the request needs: 'read' or 'write'
-        collection:str, # the service's collection
-    ) -> dict:
-        "The key's entry, else `Denied`: 401 for no key or an unknown one, 403 for another scope or collection"
-        o = self._load().get((key or '').split('.', 1)[0]) if key else None
-        if o is None or not hmac.compare_digest(o['sha256'], _digest(o['salt'], key)):
-            raise Denied(401, f"{'no' if not key else 'an unknown'} API key: pass a valid key in the X-API-Key header (made by `cosine-keys add`)")
-        if o['collection'] != collection: raise Denied(403, f"key {o['name']!r} opens collection {o['collection']!r}, not {collection!r}")
-        if scope == 'write' and o['scope'] != 'write': raise Denied(403, f"key {o['name']!r} may only read: {scope} needs a write key")
-        return o
+__all__ = ['STATIC', 'read_image', 'Batcher', 'open_gallery', 'make_app', 'serve', 'app_from_env']
 
 # %% ../../nbs/04k_service.ipynb #5e7a1c11
 def read_image(
@@ -170,6 +106,7 @@ _MAX_TEXT = 200
 
 def _text(v, what:str, empty_ok:bool=False) -> str:
     "A form's text field (an identity, a key), 1 to 200 characters, any characters, or a 422 saying what is wrong"
+    if v is None: raise HTTPException(422, f"no {what}: send it as a form field")
     if not isinstance(v, str): raise HTTPException(422, f"{what} must be text, not a file")
     if not v.strip() and not empty_ok: raise HTTPException(422, f"{what} is empty")
     if len(v) > _MAX_TEXT: raise HTTPException(422, f"{what} has {len(v)} characters, more than {_MAX_TEXT}")
@@ -244,11 +181,13 @@ def make_app(
         return JSONResponse({'detail': '; '.join(f"{' '.join(map(str, o['loc']))}: {o['msg']}" for o in e.errors())}, 422)
 
     def allow(request:Request, scope:str):
-        if ks is not None: ks.check(request.headers.get('x-api-key'), scope, collection)
+        if ks is None: return
+        try: ks.check(request.headers.get('x-api-key'), scope, collection)
+        except Denied as e: raise HTTPException(e.status_code, e.detail) from None
     async def form(request:Request, files:tuple=('files',)) -> tuple:
         "(the form, {field: [(name, bytes)]}) of a multipart request, counted and bounded"
-        try: f = await request.form(max_files=max_images + 1, max_fields=max_images + 16, max_part_size=2**16)
-        except HTTPException: raise
+        try: f = await request.form(max_files=4*max_images + 8, max_fields=4*max_images + 16, max_part_size=2**16)  # counted below
+        except (HTTPException, _TooLarge): raise
         except Exception as e: raise HTTPException(400, f"the request is not a readable multipart form ({type(e).__name__})") from None
         up = {k: [v for v in f.getlist(k) if not isinstance(v, str)] for k in files}
         if (n := sum(map(len, up.values()))) > max_images: raise HTTPException(413, f"{n} images in one request, more than {max_images}")
@@ -259,12 +198,13 @@ def make_app(
         x = await run_in_threadpool(lambda: np.stack([read_image(b, n, m.spec, max_pixels) for n,b in items]))
         e = await batcher(x)
         return e/np.linalg.norm(e, axis=1, keepdims=True)
-    async def write(change):
+    async def write(change, changed=lambda out: True):
         "`change(gallery)` made on a copy (a `Gallery`) that is saved, then swapped in; on Milvus, upserted as it goes"
         async with write_lock:
             def run():
                 new = app.state.gallery.copy() if isinstance(app.state.gallery, Gallery) else app.state.gallery
                 out = change(new)
+                if not changed(out): return out  # nothing to save: the file stays as it was, byte for byte
                 if saved is not None: new.save(saved)
                 app.state.gallery = new
                 return out
@@ -351,7 +291,7 @@ def make_app(
     async def delete_image(request:Request, key:str):
         "Forget the image enrolled under `key`: 1 if it was there, else 0"
         allow(request, 'write')
-        return dict(key=key, removed=await write(lambda g: g.discard([key])))
+        return dict(key=key, removed=await write(lambda g: g.discard([key]), changed=bool))
 
     @app.post('/calibrate', openapi_extra=_form_doc(files='files', labels='strings'))
     async def calibrate(request:Request):
