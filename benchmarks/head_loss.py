@@ -9,6 +9,9 @@ C classes. Contenders (all ArcFace m=0.5, s=30 except the plain softmax baseline
 - pml:       pytorch-metric-learning's `ArcFaceLoss` (margin in degrees: 28.65° = 0.5 rad), if it is installed
 - fused:     `fused_margin_loss(x, ArcFaceHead(d, C).weight, y, s=30, m2=0.5)`: the rows in blocks of at most 2²⁶ cosines,
              gradients made in the forward; fused_2e24, fused_2e28: blocks of 2²⁴ and 2²⁸ cosines
+- partial_fc_0.1, partial_fc_0.3: Partial FC as `cosine_learner(sample_rate=...)` trains, the batch's classes and
+             uniform others (rate·C in all) drawn by `ArcFaceHead.sample`, their rows gathered into a small parameter, the
+             loss on them alone (fused from `_FUSED_FROM` classes on, as the learner), the rows written back after the step
 - on request (--contenders): ours_host / ours_device / ours_nocheck, ours with `check='host'`, `'device'`, `False`; and
   linear_ce_compiled / ours_compiled, the step function `torch.compile`d (inductor, fullgraph)
 
@@ -23,6 +26,12 @@ allocator effects included: tensors over 32 MB are always their own mappings, re
     python benchmarks/head_loss.py --C 100000 --repeats 11 --threads 2
     python benchmarks/head_loss.py --C 1000 100000 --contenders linear_ce ours ours_device ours_nocheck --no-memory
     python benchmarks/head_loss.py --checks            # the input checks alone, per step
+    python benchmarks/head_loss.py --C 1000000 --contenders linear_ce fused partial_fc_0.1 --load 2   # beside 2 busy processes
+    python benchmarks/head_loss.py --C 10000000 --d 128 --contenders partial_fc_0.1 --adam --no-time  # 10⁷ identities, Adam
+
+--adam adds fastai's `Adam` step (decoupled weight decay 0.1) to every step: dense for the full heads, the sampled rows
+and their moments only for Partial FC (`HeadTraining`'s `_rows_in`/`_rows_out`). Memory then also reports the process's
+whole peak (VmHWM: centres, their moments and the step), and refuses to start a child that would not fit in MemAvailable.
 """
 from __future__ import annotations
 import argparse, contextlib, gc, json, math, os, statistics, subprocess, sys, time
@@ -50,6 +59,33 @@ def fused(C, d, device='cpu', block=2**26):
     from cosine_losses.fused import fused_margin_loss
     head = ArcFaceHead(d, C).to(device)
     return head, lambda x, y: fused_margin_loss(x, head.weight, y, s=S, m2=M, block=block)
+
+def partial_fc(C, d, device='cpu', rate=.1, adam=False):
+    "The learner's Partial FC step: sample, gather the rows into a parameter, the loss on them, and (after the step) write them back"
+    from cosine_losses.heads import ArcFaceHead
+    from cosine_losses.learner import _FUSED_FROM, _rows_in, _rows_out
+    from cosine_losses.fused import fused_margin_loss
+    from cosine_losses.losses import CombinedMarginLoss
+    head,loss = ArcFaceHead(d, C, sample_rate=rate).to(device),CombinedMarginLoss(s=S, m2=M)
+    fused = C >= _FUSED_FROM
+    class Step(nn.Module):
+        "Holds no parameter of its own: the sampled rows are a fresh one each step"
+        def __init__(self): super().__init__(); self.head,self.sub = head,None
+        def loss(self, x, y):
+            keep = head.sample(y)
+            self.sub,self.rows = nn.Parameter(head.weight.detach()[keep]),keep
+            t = torch.searchsorted(keep, y)
+            return fused_margin_loss(x, self.sub, t, s=S, m2=M) if fused else loss(F.linear(F.normalize(x), F.normalize(self.sub)), t)
+        def update(self, opt):
+            "The optimiser's step on the sampled rows only, and the rows back into the centres"
+            if opt is None:
+                with torch.no_grad(): head.weight[self.rows] = self.sub
+                return
+            full = _rows_in(opt, head.weight, self.sub, self.rows)
+            opt.step()
+            _rows_out(opt, head.weight, self.sub, self.rows, full)
+    m = Step()
+    return m, m.loss
 
 def compiled(make):
     "`make`'s step function compiled with `torch.compile` (inductor; forward and backward graphs, fullgraph)"
@@ -88,6 +124,7 @@ CONTENDERS = dict(linear_ce=linear_ce, ours=ours, naive=naive, pml=pml,
                   ours_nocheck=lambda C, d, device='cpu': ours(C, d, device, check=False),
                   linear_ce_compiled=compiled(linear_ce), ours_compiled=compiled(ours),
                   fused=fused, fused_2e24=lambda C, d, device='cpu': fused(C, d, device, 2**24), fused_2e28=lambda C, d, device='cpu': fused(C, d, device, 2**28))
+for r in (.1, .3): CONTENDERS[f'partial_fc_{r}'] = lambda C, d, device='cpu', r=r: partial_fc(C, d, device, r)
 DEFAULT = ['linear_ce', 'ours', 'naive', 'pml']
 
 def inputs(N, d, C, device='cpu', seed=0):
@@ -95,23 +132,28 @@ def inputs(N, d, C, device='cpu', seed=0):
     x = torch.randn(N, d, generator=g).to(device).requires_grad_(True)
     return x, torch.randint(0, C, (N,), generator=g).to(device)
 
-def step_fn(module, f, x, y, ctx=contextlib.nullcontext):
-    "One training step of the head + loss: forward (inside `ctx`, e.g. autocast), backward into x and the centres"
-    params = list(module.parameters())
+def step_fn(module, f, x, y, ctx=contextlib.nullcontext, adam=False):
+    "One training step of the head + loss: forward (inside `ctx`, e.g. autocast), backward into x and the centres (and Adam's step)"
+    params,opt = list(module.parameters()),None
+    if adam:
+        from fastai.optimizer import Adam
+        opt = Adam([module.head.weight] if hasattr(module, 'update') else params, lr=1e-3, wd=.1)
     def step():
         x.grad = None
         for p in params: p.grad = None
         with ctx(): loss = f(x, y)
         loss.backward()
+        if hasattr(module, 'update'): module.update(opt)  # Partial FC: the sampled rows' step, then back into the centres
+        elif opt is not None: opt.step()
     return step
 
 # ---------------------------------------------------------------- time
-def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu', ctx=contextlib.nullcontext):
+def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu', ctx=contextlib.nullcontext, adam=False):
     "Median seconds per step of each contender, sampled interleaved in this process"
     steps = {}
     for nm in names:
         torch.manual_seed(0)
-        steps[nm] = step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device), ctx=ctx)
+        steps[nm] = step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device), ctx=ctx, adam=adam)
     iters = {}
     for nm,run in steps.items():  # warm up, then size each sample to last about min_s
         run(); sync(); t = time.perf_counter(); run(); sync()
@@ -133,23 +175,49 @@ def _status(key):
             if l.startswith(key): return int(l.split()[1])*1024
     raise KeyError(key)
 
-def _peak_child(name, N, d, C, threads):
-    "Run in a fresh process: peak resident bytes one forward + backward adds"
+def _peak_child(name, N, d, C, threads, adam=False):
+    "Run in a fresh process: peak resident bytes one forward + backward (+ Adam step) adds, and the process's whole peak"
     torch.set_num_threads(threads)
     def build(c):
         torch.manual_seed(0)
-        return step_fn(*CONTENDERS[name](c, d), *inputs(N, d, c))
+        return step_fn(*CONTENDERS[name](c, d), *inputs(N, d, c), adam=adam)
     build(10)(); gc.collect()  # a step at C=10 loads kernels and thread pools, so they are not counted against C
     step = build(C)
     before = _status('VmRSS')
     with open('/proc/self/clear_refs', 'w') as fh: fh.write('5')  # reset VmHWM to the current RSS
     step()
-    return _status('VmHWM') - before
+    return dict(peak=_status('VmHWM') - before, whole=_status('VmHWM'))
 
-def peak_mem(name, N, d, C, threads):
-    cmd = [sys.executable, __file__, '--_child', name, '--N', str(N), '--d', str(d), '--C', str(C), '--threads', str(threads)]
+def _need(name, N, d, C, adam) -> float:
+    "Bytes a child is expected to hold at its peak, roughly: centres, their gradient or sample, Adam's two moments, N×C logits"
+    rate = float(name.rsplit('_', 1)[1]) if name.startswith('partial_fc') else 1.
+    return 4*(C*d*(1 + 3*rate + (2 if adam else 0)) + 2*N*C*rate)
+
+def peak_mem(name, N, d, C, threads, adam=False):
+    avail = _status_file('/proc/meminfo', 'MemAvailable')
+    if _need(name, N, d, C, adam) > .8*avail:
+        print(f"skipping {name} at C={C}: it needs about {_need(name, N, d, C, adam)/2**30:.1f} GiB, {avail/2**30:.1f} GiB available", flush=True)
+        return None
+    cmd = [sys.executable, __file__, '--_child', name, '--N', str(N), '--d', str(d), '--C', str(C), '--threads', str(threads)] + ['--adam']*adam
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])['peak']
+    return json.loads(out.strip().splitlines()[-1])
+
+def _status_file(path, key):
+    with open(path) as f:
+        for l in f:
+            if l.startswith(key): return int(l.split()[1])*1024
+    raise KeyError(key)
+
+@contextlib.contextmanager
+def busy(k:int):
+    "`k` CPU-bound processes beside the measurement (single-threaded matrix products), as other training jobs on the machine"
+    code = "import torch; torch.set_num_threads(1); a = torch.randn(1024, 1024)\nwhile True: a @ a"
+    procs = [subprocess.Popen([sys.executable, '-c', code]) for _ in range(k)]
+    try:
+        if k: time.sleep(3)  # past their start-up
+        yield
+    finally:
+        for p in procs: p.kill(); p.wait()
 
 # ---------------------------------------------------------------- input checks
 def time_checks(N, C, reps=20):
@@ -174,11 +242,15 @@ def main(argv=None):
     p.add_argument('--contenders', nargs='+', default=DEFAULT, choices=list(CONTENDERS),
                    help="also: ours_host, ours_device, ours_nocheck (the `check=` choices), linear_ce_compiled, ours_compiled (torch.compile)")
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory subprocesses')
+    p.add_argument('--no-time', action='store_true', help='skip the timing (memory only)')
+    p.add_argument('--adam', action='store_true', help="add fastai's Adam step (wd 0.1) to each step: Partial FC's on the sampled rows only")
+    p.add_argument('--load', type=int, default=0, help='run this many CPU-bound processes beside the timing, as a loaded machine')
+    p.add_argument('--csv', help='also write the rows to this CSV file')
     p.add_argument('--checks', action='store_true', help="time the loss's input checks alone (check='host' and 'device'), then exit")
     p.add_argument('--_child', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._child:
-        print(json.dumps(dict(peak=_peak_child(a._child, a.N, a.d, a.C[0], a.threads)))); return
+        print(json.dumps(_peak_child(a._child, a.N, a.d, a.C[0], a.threads, a.adam))); return
     torch.set_num_threads(a.threads)
     if a.checks:
         for C in a.C:
@@ -189,18 +261,32 @@ def main(argv=None):
     if 'linear_ce' not in names: names.insert(0, 'linear_ce')
     if len(names) < len(a.contenders) + ('linear_ce' not in a.contenders): print('pytorch-metric-learning is not installed: skipping pml')
     print(f"torch {torch.__version__}, float32, CPU, {a.threads} thread(s), N={a.N}, d={a.d}, ArcFace m=0.5 s=30, "
-          f"median of {a.repeats}" + ("" if a.no_memory else "; memory: peak RSS growth of one step, fresh process each"))
-    print(f"{'C':>7} {'contender':<12} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6}")
-    res = {}
+          f"median of {a.repeats}" + ("" if a.no_memory else "; memory: peak RSS growth of one step, fresh process each")
+          + (f"; {a.load} busy processes beside" if a.load else "") + ("; with Adam" if a.adam else ""))
+    print(f"{'C':>8} {'contender':<15} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6} {'whole MiB':>10}")
+    res,rows = {},[]
     for C in a.C:
-        ts = time_all(names, a.N, a.d, C, a.repeats)
-        ms = {} if a.no_memory else {nm: peak_mem(nm, a.N, a.d, C, a.threads) for nm in names}
+        if a.no_time: ts = {nm: math.nan for nm in names}
+        else:
+            with busy(a.load): ts = time_all(names, a.N, a.d, C, a.repeats, adam=a.adam)
+        ms = {} if a.no_memory else {nm: peak_mem(nm, a.N, a.d, C, a.threads, a.adam) for nm in names}
         for nm in names:
+            m,base = ms.get(nm),ms.get('linear_ce')
             # below a few MiB the figures are at page resolution and malloc's heap: no ratio
-            mem = f"{ms[nm]/2**20:9.1f} " + (f"{ms[nm]/ms['linear_ce']:6.2f}" if ms['linear_ce'] >= 2**21 else f"{'-':>6}") if ms else f"{'-':>9} {'-':>6}"
-            print(f"{C:>7} {nm:<12} {ts[nm]*1e3:9.2f} {ts[nm]/ts['linear_ce']:7.2f} {mem}", flush=True)
-        res[C] = dict(time=ts, mem=ms)
-    if 'ours' in names and 100000 in a.C:
+            ratio = m['peak']/base['peak'] if m and base and base['peak'] >= 2**21 else math.nan
+            mem = f"{m['peak']/2**20:9.1f} {ratio:6.2f} {m['whole']/2**20:10.1f}" if m else f"{'-':>9} {'-':>6} {'-':>10}"
+            print(f"{C:>8} {nm:<15} {ts[nm]*1e3:9.2f} {ts[nm]/ts['linear_ce']:7.2f} {mem}", flush=True)
+            rows.append(dict(C=C, N=a.N, d=a.d, threads=a.threads, load=a.load, adam=a.adam, contender=nm, ms_step=ts[nm]*1e3,
+                             x_time=ts[nm]/ts['linear_ce'], peak_mib=m['peak']/2**20 if m else math.nan, x_mem=ratio,
+                             whole_mib=m['whole']/2**20 if m else math.nan))
+        res[C] = dict(time=ts, mem={k: v['peak'] for k,v in ms.items() if v})
+    if a.csv:
+        import csv
+        os.makedirs(os.path.dirname(a.csv) or '.', exist_ok=True)
+        with open(a.csv, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader(); w.writerows(rows)
+    if 'ours' in names and 100000 in a.C and not a.no_time:
         C = 100000
         t,m = res[C]['time'],res[C]['mem']
         print(f"targets at C={C}: time {t['ours']/t['linear_ce']:.2f}× Linear+CE (≤ 1.25)" + (f", peak memory {m['ours']/m['linear_ce']:.2f}× (≤ 1.5)" if m else ""))

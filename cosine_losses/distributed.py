@@ -15,13 +15,12 @@ from fastai.vision.all import *
 from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
 from .losses import CombinedMarginLoss, check_margins, target_logit
-from .heads import ArcFaceHead, _Cosines
+from .heads import ArcFaceHead, _Cosines, sample_centres
 from .learner import _head_learner, _dynamic, carry_loss_state
 from .checkpoint import _world
 
 # %% auto #0
-__all__ = ['gather_rows', 'sample_centres', 'sharded_margin_loss', 'ShardedArcFaceHead', 'ShardedMarginLoss', 'sharded_learner',
-           'ShardedLearner']
+__all__ = ['gather_rows', 'sharded_margin_loss', 'ShardedArcFaceHead', 'ShardedMarginLoss', 'sharded_learner', 'ShardedLearner']
 
 # %% ../nbs/04b_distributed.ipynb #c510c1ef
 def _distributed(dl): return isinstance(dl, DistributedDL) and dist.is_initialized()
@@ -140,16 +139,6 @@ class _ScaleGrad(torch.autograd.Function):
     def forward(ctx, x, k): ctx.k = k; return x.view_as(x)
     @staticmethod
     def backward(ctx, g): return g*ctx.k,None
-
-# %% ../nbs/04b_distributed.ipynb #80441d87
-def sample_centres(targ_local:Tensor, n_local:int, sample_rate:float, generator=None) -> Tensor:
-    "Sorted indices of the kept rows of a block of `n_local` centres: every target in it, the rest drawn uniformly without replacement"
-    pos = targ_local.unique()
-    k = max(len(pos), math.ceil(sample_rate*n_local))
-    if k >= n_local: return torch.arange(n_local, device=targ_local.device)
-    score = torch.rand(n_local, generator=generator, device='cpu').to(targ_local.device)
-    score[pos] = 2.  # above every draw in [0, 1): positives are always among the top k
-    return score.topk(k).indices.sort().values
 
 # %% ../nbs/04b_distributed.ipynb #5b729909
 def sharded_margin_loss(

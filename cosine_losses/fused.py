@@ -28,7 +28,7 @@ def _chunk_cosines(xn:Tensor, w:Tensor, k:int) -> tuple:
 class _FusedMarginCE(torch.autograd.Function):
     "Eq. (4)'s cross-entropy over the classes in chunks, with an online log-sum-exp: nothing of size N×C is kept, forward or backward"
     @staticmethod
-    def forward(ctx, x, w, targ, s, m1, m2, m3, easy_margin, detach_margin, k, chunk):
+    def forward(ctx, x, w, targ, s, m1, m2, m3, easy_margin, detach_margin, k, chunk, top):
         out = torch.float64 if w.dtype == torch.float64 else torch.float32
         xo = x.to(out)
         xr = xo.norm(dim=1, keepdim=True)
@@ -37,9 +37,13 @@ class _FusedMarginCE(torch.autograd.Function):
         cy,sub = (torch.bmm(wy, xn[:,:,None])[...,0]/wy.norm(dim=2).clamp_min(_EPS)).max(1)
         t,dt = _psi_slope(cy, m1, m2, m3, easy_margin)
         ty = t*s
-        mx,z = xn.new_full((len(x),), -math.inf),xn.new_zeros(len(x))
+        mx,z,best = xn.new_full((len(x),), -math.inf),xn.new_zeros(len(x)),xn.new_full((len(x),), -math.inf)
         for c0 in range(0, C, chunk):
             l = _chunk_cosines(xn, w[c0*k:(c0 + chunk)*k].to(out), k)[0].mul_(s)
+            if top is not None:  # the closest class so far, margin-free: the first of equals, as `argmax` over all C
+                v,i = l.max(1)
+                better = v > best
+                best,_ = torch.where(better, v, best),top.copy_(torch.where(better, i + c0, top))
             inside = (targ >= c0) & (targ < c0 + chunk)
             l[rows[inside], targ[inside] - c0] = -math.inf  # the target's logit is s·ψ, added below
             mx,old = torch.maximum(mx, l.amax(1)),mx
@@ -81,13 +85,13 @@ class _FusedMarginCE(torch.autograd.Function):
             gw.index_add_(0, iy, gwy.addcmul_(wy, torch.where(wyr >= _EPS, _rowdot(wy, gwy)*wyinv*wyinv, 0.)[:,None], value=-1))
         # F.normalize's gradient: drop the radial part, divide by ‖x‖
         gx = gxn.addcmul_(xn, torch.where(xr >= _EPS, _rowdot(xn, gxn)[:,None], 0.), value=-1).div_(xr.clamp_min(_EPS)).to(x.dtype)
-        return gx,(gw.to(w.dtype) if gw is not None else None),*[None]*9
+        return gx,(gw.to(w.dtype) if gw is not None else None),*[None]*10
 
 # %% ../nbs/01c_fused.ipynb #dce02044
 class _FusedMarginRows(torch.autograd.Function):
     "Eq. (4)'s cross-entropy summed over the rows × `scale`, a block of rows at a time against every class, its gradients made on the way"
     @staticmethod
-    def forward(ctx, x, w, targ, s, m1, m2, m3, easy_margin, detach_margin, k, rows, scale):
+    def forward(ctx, x, w, targ, s, m1, m2, m3, easy_margin, detach_margin, k, rows, scale, top):
         out = torch.float64 if w.dtype == torch.float64 else torch.float32
         xo,wo = x.to(out),w.to(out)
         xr,wr = xo.norm(dim=1, keepdim=True),wo.norm(dim=1)
@@ -98,6 +102,7 @@ class _FusedMarginRows(torch.autograd.Function):
             i,block = torch.arange(len(xb), device=x.device),lambda m: m[r0:r0 + rows] if isinstance(m, Tensor) else m
             l = F.linear(xb, wo).mul_(winv)
             if k > 1: l,best = l.view(len(xb), C, k).max(-1)
+            if top is not None: torch.argmax(l, 1, out=top[r0:r0 + rows])  # the prediction, margin-free, while the block is at hand
             t,dt = _psi_slope(l[i, tb], m1, block(m2), block(m3), easy_margin)
             l.mul_(s)[i, tb] = t*s
             mx = l.amax(1, keepdim=True)
@@ -119,7 +124,7 @@ class _FusedMarginRows(torch.autograd.Function):
         if ctx.grads is None: raise RuntimeError("the fused margin loss's gradients are made in the forward and given once: backward twice (retain_graph) is not supported")
         gx,gw = ctx.grads
         ctx.grads = None
-        return gx.mul_(g),(gw.mul_(g) if gw is not None else None),*[None]*10
+        return gx.mul_(g),(gw.mul_(g) if gw is not None else None),*[None]*11
 
 # %% ../nbs/01c_fused.ipynb #332041bb
 def _per_row(m, name, C, targ, dtype):
@@ -141,6 +146,7 @@ def fused_margin_loss(
     detach_margin:bool=False, # same values, gradient of s·cos θ
     block:int=2**26, # the most cosines held at once (256 MB in float32): rows a block in training, classes a chunk otherwise
     reduction:str='mean', # 'mean', 'sum' or 'none'
+    top:Tensor=None, # an (N,) int64 tensor that receives each row's closest class (the margin-free prediction), made on the way
 ) -> Tensor:
     "`CombinedMarginLoss(s, m1, m2, m3)(ArcFaceHead(d, C, k)(x), targ)` over the classes in chunks, without N×C cosines"
     check_margins(s, m1, m2, m3)
@@ -151,9 +157,11 @@ def fused_margin_loss(
     C,targ = len(weight)//k,torch.as_tensor(targ, device=x.device).long()
     if targ.shape != (len(x),) or len(targ) and not (0 <= targ.min() and targ.max() < C):
         raise ValueError(f"targets must be {len(x)} class indices in [0, {C}), got shape {tuple(targ.shape)}" + (f", range [{targ.min()}, {targ.max()}]" if targ.numel() else ""))
+    if top is not None and (top.shape != (len(x),) or top.dtype != torch.long or top.device != x.device):
+        raise ValueError(f"`top` must be an int64 tensor of shape ({len(x)},) on {x.device}, got {top.dtype} {tuple(top.shape)} on {top.device}")
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     margins = float(s),m1,_per_row(m2, 'm2', C, targ, dtype),_per_row(m3, 'm3', C, targ, dtype),easy_margin,detach_margin,k
     if reduction != 'none' and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _FusedMarginRows.apply(x, weight, targ, *margins, max(1, block//len(weight)), 1/max(1, len(x)) if reduction == 'mean' else 1.)
-    return _reduce(_FusedMarginCE.apply(x, weight, targ, *margins, max(1, block//max(1, len(x)))), reduction)
+        return _FusedMarginRows.apply(x, weight, targ, *margins, max(1, block//len(weight)), 1/max(1, len(x)) if reduction == 'mean' else 1., top)
+    return _reduce(_FusedMarginCE.apply(x, weight, targ, *margins, max(1, block//max(1, len(x))), top), reduction)
 

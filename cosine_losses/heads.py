@@ -6,12 +6,13 @@ Docs: https://cosine-losses.github.io/cosine_losses/heads.html.md"""
 
 # %% ../nbs/01_heads.ipynb #0fe9f5b2
 from __future__ import annotations
+import math, numbers
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import store_attr
 
 # %% auto #0
-__all__ = ['ArcFaceHead']
+__all__ = ['ArcFaceHead', 'sample_centres']
 
 # %% ../nbs/01_heads.ipynb #3d395c73
 _EPS = 1e-12  # as `F.normalize`: norms below it are clamped
@@ -63,18 +64,26 @@ class ArcFaceHead(nn.Module):
         n_out:int, # number of classes
         k:int=1, # sub-centres per class (sub-center ArcFace); 1 = plain ArcFace
         norms:bool=False, # attach the feature norms ‖x‖ to the cosines as `.norms`, for losses that need them (AdaFace, MagFace)
+        sample_rate:float=1., # Partial FC: share of the classes in each training step's softmax (see `sample_centres`); 1 = all
+        seed:int=0, # seed of that sampling, whose generator's state is a buffer (saved with the weights)
     ):
         super().__init__()
         for name,v in dict(nf=nf, n_out=n_out, k=k).items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
         if not isinstance(norms, bool): raise TypeError(f"`norms` must be True or False, got {norms!r}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not 0 < sample_rate <= 1:
+            raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int): raise TypeError(f"`seed` must be an integer, got {seed!r}")
         store_attr()
+        self.pass_features = False  # set by the learner's `HeadTraining` for a training step that compares features and centres itself
+        if sample_rate < 1: self.register_buffer('rng', torch.Generator().manual_seed(seed).get_state())
         self.weight = nn.Parameter(torch.empty(n_out*k, nf))
         nn.init.xavier_normal_(self.weight)
 
     def forward(self, x:Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.nf:
             raise ValueError(f"ArcFaceHead(nf={self.nf}) expects features of shape (N, {self.nf}), got {tuple(x.shape)}; set `nf` to the body's output size")
+        if self.training and self.pass_features: return x
         w = self.weight
         out = torch.float64 if w.dtype == torch.float64 else torch.float32
         cos = _Cosines.apply(x, w, out)
@@ -82,4 +91,29 @@ class ArcFaceHead(nn.Module):
         if self.norms: cos.norms = x.to(out).norm(dim=1)  # with its gradient (MagFace trains it)
         return cos
 
-    def extra_repr(self): return f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1) + ", norms=True"*self.norms
+    def sample(self, targ:Tensor) -> Tensor:
+        "Partial FC's classes for a training step with targets `targ` (`sample_centres`), drawn from the head's generator"
+        g = torch.Generator()
+        g.set_state(self.rng.cpu())
+        keep = sample_centres(targ, self.n_out, self.sample_rate, g)
+        self.rng.copy_(g.get_state())
+        return keep
+
+    def extra_repr(self):
+        return (f"nf={self.nf}, n_out={self.n_out}" + f", k={self.k}"*(self.k > 1) + ", norms=True"*self.norms
+                + f", sample_rate={self.sample_rate}, seed={self.seed}"*(self.sample_rate < 1))
+
+# %% ../nbs/01_heads.ipynb #e6fd559a
+def sample_centres(
+    targ:Tensor, # the step's targets among these centres (indices in [0, n))
+    n:int, # number of centres (classes, or one rank's block of them)
+    sample_rate:float, # share of the centres kept: ⌈rate·n⌉, or all of the targets' if more
+    generator:torch.Generator=None, # CPU generator, so runs repeat
+) -> Tensor:
+    "Partial FC's sorted indices of the kept centres: every target's, the rest drawn uniformly without replacement"
+    pos = targ.unique()
+    k = max(len(pos), math.ceil(sample_rate*n))
+    if k >= n: return torch.arange(n, device=targ.device)
+    score = torch.rand(n, generator=generator, device='cpu').to(targ.device)
+    score[pos] = 2.  # above every draw in [0, 1): positives are always among the top k
+    return score.topk(k).indices.sort().values

@@ -11,7 +11,9 @@ import torchvision
 from urllib.error import URLError
 from fastai.vision.learner import _default_meta, _add_norm, _timm_norm
 from .losses import CombinedMarginLoss
-from .heads import ArcFaceHead
+from .heads import ArcFaceHead, _Cosines
+from .fused import fused_margin_loss
+from .losses import _MarginCE, _reduce
 from .family import dynamic_margins, train_labels
 from .losses import auto_scale
 from .watch import StuckRunWatch
@@ -19,7 +21,7 @@ from .data import _is_instance
 
 # %% auto #0
 __all__ = ['paper_cnn', 'paper_embedding', 'cosine_model', 'loss_state', 'carry_loss_state', 'DistributedFit', 'KeepHistory',
-           'KeepLossStats', 'MarginWarmup', 'cosine_learner', 'softmax_learner', 'arch_from_name']
+           'KeepLossStats', 'MarginWarmup', 'HeadTraining', 'cosine_learner', 'softmax_learner', 'arch_from_name']
 
 # %% ../nbs/02_learner.ipynb #10aa7e65
 def paper_cnn(
@@ -186,6 +188,129 @@ class MarginWarmup(Callback):
         self.ramping = r < 1
     def after_fit(self): lf = self.learn.loss_func; lf.m1,lf.m2,lf.m3 = self.m1,self.m2,self.m3
 
+# %% ../nbs/02_learner.ipynb #8b491821
+_FUSED_FROM = 50_000  # classes from which `fused=None` trains with `fused_margin_loss`: where benchmarks/head_loss.py measured it ahead
+
+def _fusable(lf) -> bool:
+    "Whether `lf` computes what `fused_margin_loss` does: `CombinedMarginLoss` or a preset of it, not a loss with its own `forward`"
+    return isinstance(lf, CombinedMarginLoss) and type(lf).forward is CombinedMarginLoss.forward
+
+_META = {'size', 'dim', 'numel', '__len__', '__get__'}  # `__get__`: shape, device, dtype and the other properties
+
+class _Predicted(Tensor):
+    "Stands for the (N, C) cosines of a training step that never makes them: their shape, and their `argmax` along the classes"
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs,name = kwargs or {},getattr(func, '__name__', None)
+        if name == 'argmax' and type(args[0]) is cls and kwargs.get('dim', args[1] if len(args) > 1 else None) in (1, -1): return args[0].top
+        if name in _META:
+            with torch._C.DisableTorchFunctionSubclass(): return func(*args, **kwargs)
+        raise RuntimeError(f"a training step of `HeadTraining` (fused or Partial FC) makes no N×C cosines: only their shape and `argmax(1)` "
+                           f"are at hand, not `{name}`; train with `fused=False, sample_rate=1` for a callback that needs them")
+
+def _predicted(top:Tensor, C:int) -> _Predicted:
+    "The stand-in for cosines whose row maxima are at `top`: no memory beyond `top`"
+    p = top.new_zeros((), dtype=torch.float32).expand(len(top), C).as_subclass(_Predicted)
+    p.top = top
+    return p
+
+def _swap(opt, p, q):
+    "Put parameter `q` where `p` is in `opt`'s parameter lists"
+    for pl in opt.param_lists:
+        for i,o in enumerate(pl):
+            if o is p: pl[i] = q
+
+def _rows_in(opt, W:Tensor, q:Tensor, rows:Tensor) -> dict:
+    "`q` (rows `rows` of `W`) takes `W`'s place in fastai optimiser `opt`, with those rows of its state; returns `W`'s whole state"
+    _swap(opt, W, q)
+    full = opt.state.pop(W, {})
+    opt.state[q] = {k: v[rows] if isinstance(v, Tensor) and v.shape == W.shape else v for k,v in full.items()}
+    return full
+
+def _rows_out(opt, W:Tensor, q:Tensor, rows:Tensor, full:dict):
+    "After `opt`'s step, `q`'s values and state go back to rows `rows` of `W` and of `full`, its state, which `W` gets again"
+    _swap(opt, q, W)
+    for k,v in opt.state.pop(q, {}).items():
+        if isinstance(v, Tensor) and v.shape == q.shape:
+            if k not in full: full[k] = v.new_zeros(W.shape)  # a first step: the other rows' moments are zeros, as for a fresh `W`
+            full[k][rows] = v
+        else: full[k] = v
+    opt.state[W] = full
+    with torch.no_grad(): W[rows] = q
+
+class HeadTraining(Callback):
+    "Train `ArcFaceHead` and a margin loss in one step: fused (`fused_margin_loss`), on Partial FC's sampled centres (`sample_rate`), or both"
+    order = 20  # after `Autocast` and `MixedPrecision` (10) make the features float; before `StuckRunWatch` (60) reads the predictions
+    def __init__(self, fused:bool=True): store_attr(); self.sub = self.state = self.yb_ = self.loss_ = None
+
+    def before_fit(self):
+        self.after_step()  # a fit stopped by an error between backward and step: the centres and their state go back first
+        self.head,lf = get_model(self.learn.model)[-1],self.learn.loss_func
+        if not isinstance(self.head, ArcFaceHead): raise TypeError(f"HeadTraining trains an `ArcFaceHead`, not {type(self.head).__name__}")
+        if self.fused and not _fusable(lf): raise TypeError(f"the fused step computes `CombinedMarginLoss` (and its presets), not {type(lf).__name__}: pass `fused=False`")
+
+    def before_train(self):  # not `before_fit`: `get_preds` and `validate` run that too, with no optimiser after `load_learner`
+        if self.head.sample_rate < 1:
+            if any(_is_instance(cb, 'fastai.distributed.DistributedTrainer') for cb in self.learn.cbs):
+                raise RuntimeError("Partial FC in one process cannot run under `distrib_ctx`: `sharded_learner(sample_rate=...)` samples each rank's centres")
+            if not isinstance(self.opt, Optimizer) or isinstance(self.opt, OptimWrapper):
+                raise TypeError(f"Partial FC updates the sampled centres through a fastai `Optimizer`, not {type(self.opt).__name__}")
+
+    def before_batch(self): self.head.pass_features = self.training
+    def after_pred(self):
+        self.head.pass_features = False
+        if not self.training or not len(self.yb): return
+        self.loss_,top = self._loss(self.pred, self.yb[0])
+        self.learn.pred = _predicted(top, self.head.n_out)
+        self.yb_,self.learn.yb = self.yb,()  # no targets: fastai computes no loss; `after_loss` gives it this one
+
+    def _loss(self, x, y):
+        "The step's loss, and each row's closest class"
+        h,lf = self.head,self.learn.loss_func
+        keep,w,t,y = None,h.weight,y,y.as_subclass(Tensor).long()
+        if h.sample_rate < 1:
+            keep = h.sample(y)
+            self.rows = keep if h.k == 1 else (keep[:,None]*h.k + torch.arange(h.k, device=keep.device)).view(-1)
+            w = self.sub = nn.Parameter(h.weight.detach()[self.rows], requires_grad=h.weight.requires_grad)
+            t = torch.searchsorted(keep, y)  # the targets among the kept classes
+        margin = lambda m: (m.to(y.device)[keep] if keep is not None else m) if isinstance(m, Tensor) else m
+        if self.fused:
+            top = torch.empty_like(y)
+            loss = fused_margin_loss(x, w, t, lf.s, lf.m1, margin(lf.m2), margin(lf.m3), h.k, lf.easy_margin, lf.detach_margin,
+                                     reduction=lf.reduction, top=top)
+        else:
+            out = torch.float64 if w.dtype == torch.float64 else torch.float32
+            cos = _Cosines.apply(x, w, out)
+            if h.k > 1: cos = cos.view(len(x), -1, h.k).amax(-1)
+            if h.norms: cos.norms = x.to(out).norm(dim=1)
+            top = cos.detach().argmax(1)
+            if keep is not None and _fusable(lf) and (isinstance(lf.m2, Tensor) or isinstance(lf.m3, Tensor)):  # per-class margins: the targets'
+                m = lambda v: v.to(cos.device, cos.dtype)[y] if isinstance(v, Tensor) else v
+                loss = _reduce(_MarginCE.apply(cos, t, lf.s, lf.m1, m(lf.m2), m(lf.m3), lf.easy_margin, lf.detach_margin), lf.reduction)
+            else: loss = lf(cos, t)
+        return loss,(top if keep is None else keep[top])
+
+    def after_loss(self):
+        if self.yb_ is None: return
+        self.learn.yb,self.learn.loss_grad = self.yb_,self.loss_
+        self.learn.loss = self.loss_grad.clone()
+        self.yb_ = self.loss_ = None
+
+    def after_backward(self):
+        "The sampled centres take the centres' place in the optimiser, with their rows of its state"
+        if self.sub is not None and self.state is None: self.state = _rows_in(self.opt, self.head.weight, self.sub, self.rows)
+
+    def after_step(self):
+        "Their rows, and those of the state, go back"
+        if getattr(self, 'state', None) is None: return
+        _rows_out(self.opt, self.head.weight, self.sub, self.rows, self.state)
+        self.state = None
+
+    def after_batch(self):
+        self.after_step()
+        self.sub = self.rows = self.yb_ = self.loss_ = None
+        self.head.pass_features = False
+
 # %% ../nbs/02_learner.ipynb #6e7c0b3b
 def _margined(m1, m2, m3) -> bool: return bool(torch.as_tensor(m1).ne(1).any() or torch.as_tensor(m2).ne(0).any() or torch.as_tensor(m3).ne(0).any())
 
@@ -209,6 +334,9 @@ def cosine_learner(
     warmup:float=.3, # ramp the margins from none to theirs over this share of each fit (`MarginWarmup`); 0: the margins from the start
     watch:bool=True, # add `StuckRunWatch`: warn when the run stays at chance or its embeddings collapse
     wd:float=.1, # weight decay, decoupled as fastai's `Adam` applies it (fastai's default: 0.01); see "The defaults" below
+    fused:bool=None, # train with `fused_margin_loss` (no N×C cosines); None: for `CombinedMarginLoss` from `_FUSED_FROM` classes on
+    sample_rate:float=1., # Partial FC: share of the classes in each training step's softmax, the batch's always among them; 1 = all
+    seed:int=0, # seed of Partial FC's sampling
     **kwargs
 ) -> Learner:
     "A fastai `Learner` for `arch` with an `ArcFaceHead` and a `CombinedMarginLoss` (or any loss on cosines)"
@@ -218,11 +346,14 @@ def cosine_learner(
         if s == 'auto': s = auto_scale(ifnone(n_out, get_c(dls)))
         loss_func = CombinedMarginLoss(s, m1, m2, m3)
         if warmup and _margined(m1, m2, m3): kwargs['cbs'] = L(kwargs.get('cbs')) + [MarginWarmup(warmup, m1, m2, m3)]
-    head = partial(ArcFaceHead, k=k, norms=getattr(loss_func, 'needs_norms', False))
+    if fused is None: fused = _fusable(loss_func) and (ifnone(kwargs.get('n_out'), get_c(dls)) or 0) >= _FUSED_FROM
+    elif fused and not _fusable(loss_func): raise TypeError(f"`fused` trains `CombinedMarginLoss` (and its presets), not {type(loss_func).__name__}")
+    head = partial(ArcFaceHead, k=k, norms=getattr(loss_func, 'needs_norms', False), sample_rate=sample_rate, seed=seed)
+    if fused or sample_rate < 1: kwargs['cbs'] = L(kwargs.get('cbs')) + [HeadTraining(bool(fused))]
     if isinstance(loss_func, nn.Module) and any(True for _ in loss_func.buffers()): kwargs['cbs'] = L(kwargs.get('cbs')) + [KeepLossStats()]
     if watch: kwargs['cbs'] = L(kwargs.get('cbs')) + [StuckRunWatch()]
     learn = _head_learner(dls, arch, head=head, loss_func=loss_func, emb_size=emb_size, wd=wd, **kwargs)
-    store_attr('m1,m2,m3,s,k,warmup', self=learn)
+    store_attr('m1,m2,m3,s,k,warmup,fused,sample_rate', self=learn)
     return learn
 
 # %% ../nbs/02_learner.ipynb #16e4a0c4

@@ -182,3 +182,43 @@ def test_norms_off_by_default_and_flag_checked():
     with pytest.raises(TypeError, match='norms'): ArcFaceHead(3, 2, norms=1)
     h = pickle.loads(pickle.dumps(ArcFaceHead(3, 2, norms=True)))
     assert hasattr(h(torch.randn(2, 3)), 'norms')
+
+
+def test_sample_centres_keeps_targets_and_draws_uniformly():
+    "Partial FC's rule: every target's centre, ⌈rate·n⌉ in all, the others uniformly, repeatable from a generator"
+    from cosine_losses.heads import sample_centres
+    g = torch.Generator().manual_seed(0)
+    targ = torch.tensor([4, 4, 9, 17])
+    draws = torch.stack([torch.isin(torch.arange(20), sample_centres(targ, 20, .3, g)) for _ in range(3000)]).float()
+    assert (draws.sum(1) == 6).all() and draws[:, [4, 9, 17]].min() == 1
+    neg = draws[:, [i for i in range(20) if i not in (4, 9, 17)]].mean(0)
+    assert ((neg - 3/17).abs() < .04).all()
+    keep = sample_centres(targ, 20, .3, torch.Generator().manual_seed(5))
+    assert torch.equal(keep, keep.sort().values) and torch.equal(keep, sample_centres(targ, 20, .3, torch.Generator().manual_seed(5)))
+    assert torch.equal(sample_centres(torch.arange(10), 20, .3), torch.arange(10))  # more targets than the rate: all of them
+    assert torch.equal(sample_centres(targ, 20, 1.), torch.arange(20))
+
+
+def test_sampling_head_generator_is_state():
+    "The head's generator state is a buffer: the state dict carries the draws; outside training all classes; features when asked"
+    h = ArcFaceHead(4, 50, sample_rate=.1, seed=3)
+    y = torch.tensor([7, 7, 41])
+    first = h.sample(y)
+    assert len(first) == 5 and torch.isin(torch.tensor([7, 41]), first).all()
+    sd = {k: v.clone() for k,v in h.state_dict().items()}
+    assert set(sd) == {'weight', 'rng'}
+    nxt = h.sample(y)
+    h2 = ArcFaceHead(4, 50, sample_rate=.1, seed=3)
+    assert torch.equal(h2.sample(y), first)
+    h2.load_state_dict(sd)
+    assert torch.equal(h2.sample(y), nxt)
+    assert not torch.equal(ArcFaceHead(4, 50, sample_rate=.1, seed=4).sample(y), first)
+    x = torch.randn(3, 4)
+    h.pass_features = True
+    assert h(x) is x
+    h.eval()
+    torch.testing.assert_close(h(x).double(), ref_cos(x, h.weight.detach(), 50), rtol=0, atol=1e-6)
+    assert set(ArcFaceHead(4, 5).state_dict()) == {'weight'} and 'sample_rate=0.1, seed=3' in repr(h)
+    for bad in (0, 1.5, -.1, True, '0.5'):
+        with pytest.raises(ValueError, match='sample_rate'): ArcFaceHead(4, 5, sample_rate=bad)
+    with pytest.raises(TypeError, match='seed'): ArcFaceHead(4, 5, sample_rate=.5, seed=1.5)
