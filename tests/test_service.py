@@ -313,3 +313,39 @@ def test_serve_refuses_workers_and_another_models_gallery(onnx_model, tmp_path):
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
     assert 'the gallery was enrolled with other.onnx (fingerprint f00d), but these embeddings come from model.onnx' in r.stderr, r.stderr
+
+@pytest.mark.parametrize('backend', ['lite', 'server'])
+def test_milvus_read_your_writes_and_exact_deletes(onnx_model, tmp_path, request, backend):
+    "On Milvus Lite (in process), and on a Milvus server behind two `cosine-serve` workers: an acknowledged enrolment is seen by the next identify, whichever worker answers; quotes and filter syntax delete only what they name; a retried enrolment adds nothing"
+    from cosine_losses.recognition.gallery import GalleryBase
+    from cosine_losses.recognition.milvus import MilvusGallery
+    if MilvusGallery.discard is GalleryBase.discard or MilvusGallery.counts is GalleryBase.counts: pytest.skip("MilvusGallery has no `counts` or `discard` yet")
+    model,people,queries = onnx_model
+    if backend == 'lite': ctx,p = Server(make_app(model, tmp_path/'g.db')),None
+    else:
+        try: uri = request.getfixturevalue('milvus_server')
+        except pytest.FixtureLookupError: pytest.skip("no `milvus_server` fixture in conftest")
+        port = _port()
+        p = subprocess.Popen([_exe('cosine-serve'), str(model), '--gallery', uri, '--collection', f'svc_{port}', '--workers', '2', '--port', str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        class ctx:
+            url = _wait(f'http://127.0.0.1:{port}', p)
+            def __enter__(self): return self
+            def __exit__(self, *exc): p.send_signal(signal.SIGINT); p.communicate(timeout=60)
+        ctx = ctx()
+    names = ['a" or label != "', "b' or '1'='1", 'c\\', 'd\\" || pk like "%']
+    imgs = image_files(people)
+    # a new connection a request: with two workers, each request goes to either
+    with ctx as s, httpx.Client(base_url=s.url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        for i,n in enumerate(names):
+            req = dict(data={'identity': n, 'keys': [f'{n}#0', f'{n}#1']}, files=_files(imgs[3*i:3*i + 2]))
+            assert c.post('/enrol', **req).json()['added'] == 2
+            r = c.post('/identify', data={'threshold': '.9999'}, files=_files(imgs[3*i:3*i + 2])).json()  # at once: read your writes
+            assert [o['identity'] for o in r['results']] == [n, n], (backend, i, r)
+            assert c.post('/enrol', **req).status_code == 200  # the same enrolment again: replaced, not added
+        assert c.get('/identities').json()['identities'] == [{'identity': n, 'images': 2} for n in sorted(names)]
+        assert c.delete('/identities', params={'identity': names[0]}).json() == {'identity': names[0], 'removed': 2}
+        assert c.delete('/images', params={'key': f'{names[3]}#1'}).json()['removed'] == 1
+        assert c.delete('/images', params={'key': '" or pk != "'}).json()['removed'] == 0
+        assert c.get('/identities').json()['identities'] == [{'identity': n, 'images': 1 if n == names[3] else 2} for n in sorted(names[1:])]
+        assert c.get('/health').json()['gallery'] | {'threshold': 0} == {'backend': 'milvus', 'images': 5, 'identities': 3, 'threshold': 0, 'smallest_far': None}

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio, collections, hashlib, hmac, io, json, os, re, secrets, tempfile, time
 from contextlib import asynccontextmanager
 from pathlib import Path
-import numpy as np
+import numpy as np, python_multipart  # noqa: F401 (Starlette parses forms with it: missing, fail here, not at the first upload)
 from PIL import Image
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
+from fastapi.concurrency import run_in_threadpool
 import cosine_losses.recognition as _recognition
 from .embedder import OnnxEmbedder, preprocess
 from .gallery import Gallery, GalleryBase, GalleryMismatch, is_milvus_uri
