@@ -36,3 +36,25 @@ def trained(tmp_path_factory):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 1e-2)
     learn.export(d/'model.pkl'); learn.export_onnx(d/'model.onnx')
     return learn,d
+
+
+@pytest.fixture(scope='session')
+def milvus_server(tmp_path_factory):
+    "A Milvus standalone server (the `milvus` wheel of the dev extra) on loopback, started once at the first test that asks: its URI"
+    import shutil
+    base = tmp_path_factory.mktemp('milvus_server')
+    try:
+        from milvus_server import MilvusServer
+        # time ticks every 50 ms, not 200: a strong read waits for the next one. Bounded reads still lag 5 s, as by default
+        server = MilvusServer(base, **{'proxy.timeTickInterval': 50})
+    except ImportError as e: server,why = None,f"the `milvus` wheel is not installed (pip install -e '.[dev]'): {e}"
+    if server is not None:
+        try: uri = server.start()
+        except Exception as e:
+            server.stop(); server,why = None,f"the Milvus server did not start ({e!r}); its logs are in {base/'logs'}"
+    if server is None:
+        if os.environ.get('CI'): pytest.fail(f"CI needs a Milvus server: {why}")
+        pytest.skip(why)
+    yield uri
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)  # its 450 MB of unpacked binaries and its data: pytest keeps three sessions' temporary folders

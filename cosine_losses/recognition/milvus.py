@@ -14,7 +14,7 @@ from fastcore.basics import store_attr
 # Milvus Lite's gRPC server runs in this process: at gRPC's default verbosity every fork (a DataLoader's workers) logs a line
 os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
 from pymilvus import DataType, MilvusClient
-from .gallery import GalleryBase, _label, _last, content_ids
+from .gallery import GalleryBase, _counts, _label, _last, content_ids
 
 # %% auto #0
 __all__ = ['FORMAT', 'milvus_token', 'MilvusGallery']
@@ -22,6 +22,10 @@ __all__ = ['FORMAT', 'milvus_token', 'MilvusGallery']
 # %% ../../nbs/04j_milvus.ipynb #3ab13fb6
 FORMAT = 'cosine_losses.milvus/1'
 _CHUNK = 1024  # calibration scores a row of the companion collection: Milvus keeps vectors, not arrays of any length
+
+def _literal(s:str) -> str:
+    "`s` as a string literal of a Milvus filter, whatever it holds: JSON's escapes are the ones Milvus reads (raw UTF-8, never `\\uD83D` halves)"
+    return json.dumps(s, ensure_ascii=False)
 
 def milvus_token() -> str:
     "A server's credentials from the environment, never from a file: `$MILVUS_TOKEN`, or `$MILVUS_USER`:`$MILVUS_PASSWORD`"
@@ -45,9 +49,10 @@ class MilvusGallery(GalleryBase):
         shards:int=1, # a cluster's write channels for a new collection (Milvus Lite has one)
         replicas:int=1, # a cluster's in-memory copies to serve searches, for throughput and failover (Milvus Lite: one)
         replace:bool=False, # start the gallery anew, dropping the old one at the first `add`: images that fail before it lose nothing
+        consistency:str='Strong', # of reads: 'Strong' sees every write acknowledged before, by any client; a server's default, 'Bounded', may miss seconds of them
         **kwargs # passed to pymilvus's `MilvusClient`, e.g. `db_name`, `timeout`
     ):
-        store_attr('collection,batch,probes,shards,replicas'); self.uri,self._impostor = str(uri),None
+        store_attr('collection,batch,probes,shards,replicas,consistency'); self.uri,self._impostor = str(uri),None
         self.client = MilvusClient(self.uri, token=milvus_token(), **kwargs)
         meta = self._meta() if self.client.has_collection(collection) else {}
         self._stale = (collection, (meta.get('impostor') or {}).get('collection')) if replace and meta else None
@@ -76,7 +81,9 @@ class MilvusGallery(GalleryBase):
 
     def __len__(self):
         if self.d is None: return 0
-        return int(self.client.query(self.collection, filter='', output_fields=['count(*)'])[0]['count(*)'])
+        return self._count('')
+    def _count(self, f:str) -> int:
+        return int(self.client.query(self.collection, filter=f, output_fields=['count(*)'], consistency_level=self.consistency)[0]['count(*)'])
     def __repr__(self): return f"MilvusGallery({len(self)} images, d={self.d}, index={self.index!r}, {self.uri} {self.collection!r})"
     def close(self):
         "Let another process open the gallery: close the connection, and stop Milvus Lite's in-process server for the file"
@@ -89,7 +96,9 @@ class MilvusGallery(GalleryBase):
 
     def _rows(self, fields:list) -> list:
         "Every enrolled row's `fields`, in batches"
-        if self.d is None: return []
+        # pymilvus's iterator reads at the collection's consistency whatever it is asked: a count at ours first makes the server
+        # catch up with every write acknowledged before it, which the iterator then sees (one replica: replicas catch up each alone)
+        if self.d is None or not len(self): return []
         quiet = logging.getLogger('pymilvus.client.iterator.query_iterator')
         level = quiet.level; quiet.setLevel(logging.ERROR)  # Milvus Lite keeps no MVCC timestamps: the iterator warns of its fallback
         try:
@@ -102,6 +111,9 @@ class MilvusGallery(GalleryBase):
     def labels(self) -> list: return [json.loads(r['label']) for r in self._rows(['label'])]
     @property
     def classes(self) -> list: return list(dict.fromkeys(self.labels))
+    def counts(self) -> dict:
+        "{label: images enrolled}, labels in the order of their first image's key (Milvus keeps no order of enrolment)"
+        return _counts(self.labels)
     def enrolled(self) -> tuple:
         rows = self._rows(['label', 'emb'])
         return np.array([r['emb'] for r in rows], np.float32).reshape(len(rows), self.d or 0),[json.loads(r['label']) for r in rows]
@@ -146,11 +158,21 @@ class MilvusGallery(GalleryBase):
 
     def remove(self, label):
         "Forget every image of `label`"
-        f = f"label == {json.dumps(json.dumps(_label(label)))}"  # a string literal of the stored JSON, quotes escaped as JSON does
-        if self.d is None or not self.client.query(self.collection, filter=f, output_fields=['count(*)'])[0]['count(*)']:
-            raise KeyError(f"{label!r} is not in the gallery")
+        f = f"label == {_literal(json.dumps(_label(label)))}"
+        if self.d is None or not self._count(f): raise KeyError(f"{label!r} is not in the gallery")
         self.client.delete(self.collection, filter=f)
         return self
+
+    def discard(self,
+        keys:list, # keys of enrolled images, as given to `add`; unknown keys are ignored
+    ) -> int:
+        "Remove the images enrolled under `keys`; how many were removed"
+        keys,n = [k for k in dict.fromkeys(map(str, keys)) if len(k.encode()) <= 4096],0  # a longer key cannot have been added
+        if self.d is None: return 0
+        for i in range(0, len(keys), _CHUNK):
+            f = f"pk in [{', '.join(map(_literal, keys[i:i+_CHUNK]))}]"  # pymilvus's `ids=` would quote them unescaped
+            if found := self._count(f): self.client.delete(self.collection, filter=f); n += found
+        return n
 
     def search(self,
         emb, # query embeddings (P, d)
@@ -158,22 +180,32 @@ class MilvusGallery(GalleryBase):
     ) -> tuple:
         "(scores, labels) of each query's `k` best classes, a class scoring its highest cosine; -inf and `None` past the last class"
         emb = self._check(emb)
-        if not len(self): raise ValueError("the gallery is empty: `add` images first")
+        if self.d is None: raise ValueError("the gallery is empty: `add` images first")
         scores,labels = np.full((len(emb), k), -np.inf, np.float32),np.full((len(emb), k), None, dtype=object)
         def fill(rows, limit, **kw):
-            starts = range(0, len(rows), self.probes)
+            "Each row's best classes among its `limit` best images; the rows whose search came back full, which may have more"
+            full,starts = [],range(0, len(rows), self.probes)
             for i in (progress_bar(starts, leave=False) if len(starts) > 4 else starts):
                 res = self.client.search(self.collection, data=emb[rows[i:i+self.probes]], anns_field='emb', limit=limit,
-                                         output_fields=['label'], search_params=dict(metric_type='COSINE', params=self.search_params or {}), **kw)
+                                         output_fields=['label'], search_params=dict(metric_type='COSINE', params=self.search_params or {}),
+                                         consistency_level=self.consistency, **kw)
                 for r,hits in zip(rows[i:i+self.probes], res):
                     best = {}  # each class's best image, in order of score
                     for h in hits:
                         if len(best) == k: break
                         best.setdefault(h['entity']['label'], h['distance'])
                     for j,(l,s) in enumerate(best.items()): scores[r, j],labels[r, j] = s,json.loads(l)
+                    if len(hits) == limit: full.append(r)
+            return np.array(full, int)
         fill(np.arange(len(emb)), k, group_by_field='label')
-        # a grouping search may look at only 10·k images (Milvus Lite does), too few when one class has more near the probe
-        if len(short := np.flatnonzero(labels[:, -1] == None)): fill(short, min(len(self), 16384))  # 16,384: Milvus's largest limit
+        if len(emb) and (labels[:, 0] == None).all() and not len(self): raise ValueError("the gallery is empty: `add` images first")
+        # a grouping search may look at only 10·k images (Milvus Lite does), too few when one class has more near the probe, and a
+        # Milvus 2.3 server ignores the grouping (k images, maybe of one class): a probe short of k classes is searched again for
+        # 100·k images, 1000·k, ... up to 16,384 (Milvus's largest limit), until a search comes back with fewer: it saw every image
+        short,limit = np.flatnonzero(labels[:, -1] == None),100*k
+        while len(short):
+            full = fill(short, min(limit, 16384))
+            short,limit = (np.intersect1d(full, np.flatnonzero(labels[:, -1] == None)) if limit < 16384 else []),10*limit
         return scores,labels
 
     @property
@@ -182,7 +214,8 @@ class MilvusGallery(GalleryBase):
         if self._impostor is None and self._imp_meta:
             name,n = self._imp_meta['collection'],self._imp_meta['n']
             self.client.load_collection(name)
-            rows = sorted(self.client.get(name, ids=list(range(-(-n//_CHUNK))), output_fields=['v']), key=lambda r: r['i'])
+            rows = sorted(self.client.get(name, ids=list(range(-(-n//_CHUNK))), output_fields=['v'], consistency_level=self.consistency),
+                          key=lambda r: r['i'])
             self._impostor = np.concatenate([np.asarray(r['v'], np.float32) for r in rows])[:n]
         return self._impostor
     def _calibrated(self, impostor):
