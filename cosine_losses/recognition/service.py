@@ -180,6 +180,11 @@ def make_app(
     async def invalid(request, e):  # FastAPI's list of errors, as one sentence
         return JSONResponse({'detail': '; '.join(f"{' '.join(map(str, o['loc']))}: {o['msg']}" for o in e.errors())}, 422)
 
+    shared = isinstance(gallery, (str, Path)) and '://' in str(gallery)  # a Milvus server: other workers may write it too
+    def live():
+        "The gallery; on a Milvus server, opened again while empty here, as another worker may have made its collection since"
+        if shared and (old := app.state.gallery).d is None: app.state.gallery = open_gallery(gallery, collection, m)[0]; old.close()
+        return app.state.gallery
     def allow(request:Request, scope:str):
         if ks is None: return
         try: ks.check(request.headers.get('x-api-key'), scope, collection)
@@ -202,7 +207,7 @@ def make_app(
         "`change(gallery)` made on a copy (a `Gallery`) that is saved, then swapped in; on Milvus, upserted as it goes"
         async with write_lock:
             def run():
-                new = app.state.gallery.copy() if isinstance(app.state.gallery, Gallery) else app.state.gallery
+                new = live().copy() if isinstance(live(), Gallery) else live()
                 out = change(new)
                 if not changed(out): return out  # nothing to save: the file stays as it was, byte for byte
                 if saved is not None: new.save(saved)
@@ -224,7 +229,7 @@ def make_app(
     @app.get('/health')
     def health():
         "The model, the gallery's size and calibration, and whether keys are asked for"
-        g = app.state.gallery
+        g = live()
         return dict(status='ok', model=dict(name=m.name, fingerprint=m.fingerprint, d=m.session.get_outputs()[0].shape[-1]), auth=ks is not None,
                     gallery=dict(backend='zip' if isinstance(g, Gallery) else 'milvus', images=len(g), identities=len(g.counts()),
                                  threshold=g.threshold, smallest_far=g.smallest_far))
@@ -246,7 +251,7 @@ def make_app(
         "Each image's identity, or `null` (unknown) where its best score is under the threshold; with its `k` best identities"
         allow(request, 'read')
         f,up = await form(request)
-        k,g = int(_number(f, 'k', int, 1, 100) or 3),app.state.gallery
+        k,g = int(_number(f, 'k', int, 1, 100) or 3),live()
         if not len(g): raise HTTPException(422, "the gallery is empty: POST /enrol images first")
         t,fr = threshold(g, f)
         emb = await embed(up['files'])
@@ -260,7 +265,7 @@ def make_app(
         "Whether `file` shows the same identity as `file2`, or as the enrolled `identity` (its best image)"
         allow(request, 'read')
         f,up = await form(request, ('file', 'file2'))
-        g,ident = app.state.gallery,f.get('identity')
+        g,ident = live(),f.get('identity')
         if len(up['file']) != 1 or len(up['file2']) + (ident is not None) != 1:
             raise HTTPException(422, "send one `file`, and either one `file2` or an enrolled `identity`")
         t,_ = threshold(g, f)
@@ -275,13 +280,13 @@ def make_app(
     def identities(request:Request):
         "The enrolled identities and their numbers of images, by identity"
         allow(request, 'read')
-        return dict(identities=[dict(identity=k, images=n) for k,n in sorted(app.state.gallery.counts().items(), key=lambda o: str(o[0]))])
+        return dict(identities=[dict(identity=k, images=n) for k,n in sorted(live().counts().items(), key=lambda o: str(o[0]))])
 
     @app.delete('/identities')
     async def delete_identity(request:Request, identity:str):
         "Forget every image of `identity`: that identity only, whatever characters it holds"
         allow(request, 'write')
-        c = app.state.gallery.counts()
+        c = live().counts()
         if (label := identity if identity in c else int(identity) if re.fullmatch(r'-?\d+', identity) and int(identity) in c else None) is None:
             raise HTTPException(404, f"{identity!r} is not enrolled")
         await write(lambda g: g.remove(label))
@@ -300,7 +305,7 @@ def make_app(
         f,up = await form(request)
         labels = [_text(o, 'a label') for o in f.getlist('labels')]
         if len(labels) != len(up['files']): raise HTTPException(422, f"{len(up['files'])} files but {len(labels)} labels: give one label a file")
-        if not len(app.state.gallery): raise HTTPException(422, "the gallery is empty: POST /enrol images first")
+        if not len(live()): raise HTTPException(422, "the gallery is empty: POST /enrol images first")
         emb = await embed(up['files'])
         g = await write(lambda g: g.calibrate(emb, labels))
         return dict(images=len(emb), smallest_far=g.smallest_far)
