@@ -42,17 +42,16 @@ def trained(tmp_path_factory):
 def milvus_server(tmp_path_factory):
     "A Milvus standalone server (the `milvus` wheel of the dev extra) on loopback, started once at the first test that asks: its URI"
     import shutil
-    base = tmp_path_factory.mktemp('milvus_server')
+    base,server = tmp_path_factory.mktemp('milvus_server'),None
     try:
         from milvus_server import MilvusServer
         # time ticks every 50 ms, not 200: a strong read waits for the next one. Bounded reads still lag 5 s, as by default
         server = MilvusServer(base, **{'proxy.timeTickInterval': 50})
-    except ImportError as e: server,why = None,f"the `milvus` wheel is not installed (pip install -e '.[dev]'): {e}"
-    if server is not None:
-        try: uri = server.start()
-        except Exception as e:
-            server.stop(); server,why = None,f"the Milvus server did not start ({e!r}); its logs are in {base/'logs'}"
-    if server is None:
+        uri = server.start()
+    except Exception as e:
+        if server: server.stop()
+        why = (f"the `milvus` wheel is not installed (pip install -e '.[dev]'): {e}" if isinstance(e, ImportError) else
+               f"the Milvus server did not start ({e!r}); its logs are in {base/'logs'}")
         if os.environ.get('CI'): pytest.fail(f"CI needs a Milvus server: {why}")
         pytest.skip(why)
     yield uri

@@ -1,5 +1,5 @@
 "A real Milvus server for the tests: PyPI's `milvus` wheel (Milvus 2.3 standalone, one process) in a folder, on free loopback ports"
-import os, signal, socket, subprocess, time
+import os, signal, socket, subprocess, time, urllib.request
 from pathlib import Path
 
 def free_port() -> int:
@@ -36,15 +36,31 @@ class MilvusServer:
             for k,v in old.items():
                 if v is None: os.environ.pop(k)
                 else: os.environ[k] = v
-        self.server.wait_started(self.timeout*1000)
+        self._wait()
         return self.uri
+
+    def _wait(self):
+        "Until the server is healthy and answers a client; an error at once if it exits (the wheel's own wait goes on to its timeout)"
+        from pymilvus import MilvusClient
+        health,t0 = f'http://127.0.0.1:{self.server.webservice_port}/healthz',time.monotonic()
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy of the environment
+        while time.monotonic() - t0 < self.timeout:
+            if (rc := self.server.server_proc.poll()) is not None:
+                raise RuntimeError(f"the Milvus server exited with code {rc}: see {self.base/'logs'}")
+            try:
+                with direct.open(health, timeout=5) as r:
+                    if b'OK' in r.read():
+                        c = MilvusClient(self.uri, timeout=10); c.list_collections(); c.close()
+                        return
+            except Exception: time.sleep(.2)  # not up yet
+        raise TimeoutError(f"the Milvus server did not answer in {self.timeout} s: see {self.base/'logs'}")
 
     @property
     def uri(self) -> str: return f'http://127.0.0.1:{self.server.listen_port}'
     @property
     def pid(self) -> int|None: return self.server.server_proc.pid if self.server.server_proc else None
 
-    def stop(self, grace:float=3):
+    def stop(self, grace:float=1):
         "Ask the server to stop, kill it if it has not within `grace` seconds (its parts may wait on each other for minutes; its files are thrown away), and close its log files"
         p = self.server.server_proc
         if p is None: return
