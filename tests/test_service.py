@@ -88,6 +88,8 @@ def test_keys_scopes_and_collections(onnx_model, tmp_path):
             assert call(None).status_code == 401 and call(H(rd + 'x')).status_code == 401 and call(H('nonsense')).status_code == 401, name
             assert call(H(other)).status_code == 403, name  # a write key of another collection
         assert calls['enrol'](H(rd)).status_code == 403 and calls['delete'](H(rd)).status_code == 403 and calls['image'](H(rd)).status_code == 403
+        r = calls['identify'](H(rd))
+        assert r.status_code == 422 and r.json()['detail'] == 'the gallery is empty: POST /enrol images first', r.text
         assert calls['enrol'](H(wr)).json()['added'] == 1
         assert calls['identify'](H(rd)).json()['results'][0]['identity'] == 'ann'
         assert calls['identities'](H(rd)).json() == {'identities': [{'identity': 'ann', 'images': 1}]}

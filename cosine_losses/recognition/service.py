@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/service.html.md"""
 
 # %% ../../nbs/04k_service.ipynb #5e7a1c04
 from __future__ import annotations
-import asyncio, collections, hashlib, hmac, io, json, os, re, secrets, tempfile, time
+import asyncio, collections, hashlib, io, json, os, re
 from contextlib import asynccontextmanager
 from pathlib import Path
 import numpy as np, python_multipart  # noqa: F401 (Starlette parses forms with it: missing, fail here, not at the first upload)
@@ -101,6 +101,7 @@ class _BodyLimit:
     def _why(self, n, what=''): return f"the request is {what}{n/2**20:.1f} MB, over this service's limit of {self.max_bytes/2**20:g} MB (--max-upload-mb)"
 
 # %% ../../nbs/04k_service.ipynb #5e7a1c21
+_EMPTY = "the gallery is empty: POST /enrol images first"
 STATIC = Path(_recognition.__file__).parent/'static'  # the page, package data (`__file__` is no notebook's)
 _MAX_TEXT = 200
 
@@ -215,6 +216,12 @@ def make_app(
                 return out
             try: return await run_in_threadpool(run)
             except (GalleryMismatch, ValueError, KeyError) as e: raise HTTPException(422, str(e).strip('"')) from None
+    async def search(g, emb, k) -> tuple:
+        "`g.search` in a thread; an empty gallery is a 422"
+        try: s,l = await run_in_threadpool(g.search, emb, k)
+        except ValueError as e: raise HTTPException(422, _EMPTY if 'empty' in str(e) else str(e)) from None
+        if not np.isfinite(s[:, 0]).all(): raise HTTPException(422, _EMPTY)  # a Milvus collection whose images were all deleted
+        return s,l
     def threshold(g, f) -> tuple:
         "(threshold, far) of a request's `threshold` or `far`, else the gallery's threshold, else the service's `far`"
         t,fr = _number(f, 'threshold', float, -1, 1),_number(f, 'far', float, 0, 1)
@@ -251,11 +258,9 @@ def make_app(
         "Each image's identity, or `null` (unknown) where its best score is under the threshold; with its `k` best identities"
         allow(request, 'read')
         f,up = await form(request)
-        k,g = int(_number(f, 'k', int, 1, 100) or 3),live()
-        if not len(g): raise HTTPException(422, "the gallery is empty: POST /enrol images first")
+        k,g = int(_number(f, 'k', int, 1, 100) or 3),await run_in_threadpool(live)  # on Milvus, `live` may call the server
         t,fr = threshold(g, f)
-        emb = await embed(up['files'])
-        s,l = await run_in_threadpool(g.search, emb, k)
+        s,l = await search(g, await embed(up['files']), k)
         return dict(threshold=t, far=fr, results=[dict(file=n, identity=ll[0] if ss[0] >= t else None, score=float(ss[0]),
                                                        top=[dict(identity=a, score=float(b)) for a,b in zip(ll, ss) if a is not None])
                                                   for (n,_),ss,ll in zip(up['files'], s, l)])
@@ -265,14 +270,14 @@ def make_app(
         "Whether `file` shows the same identity as `file2`, or as the enrolled `identity` (its best image)"
         allow(request, 'read')
         f,up = await form(request, ('file', 'file2'))
-        g,ident = live(),f.get('identity')
+        g,ident = await run_in_threadpool(live),f.get('identity')
         if len(up['file']) != 1 or len(up['file2']) + (ident is not None) != 1:
             raise HTTPException(422, "send one `file`, and either one `file2` or an enrolled `identity`")
         t,_ = threshold(g, f)
         if ident is None: a,b = await embed(up['file'] + up['file2']); score = float(a @ b)
         else:
-            if (ident := _text(ident, 'identity')) not in (c := g.counts()): raise HTTPException(404, f"{ident!r} is not enrolled")
-            s,l = await run_in_threadpool(g.search, await embed(up['file']), len(c))
+            if (ident := _text(ident, 'identity')) not in (c := await run_in_threadpool(g.counts)): raise HTTPException(404, f"{ident!r} is not enrolled")
+            s,l = await search(g, await embed(up['file']), len(c))
             score = float(s[0][list(l[0]).index(ident)])
         return dict(same=score >= t, score=score, threshold=t)
 
@@ -286,7 +291,7 @@ def make_app(
     async def delete_identity(request:Request, identity:str):
         "Forget every image of `identity`: that identity only, whatever characters it holds"
         allow(request, 'write')
-        c = live().counts()
+        c = await run_in_threadpool(lambda: live().counts())
         if (label := identity if identity in c else int(identity) if re.fullmatch(r'-?\d+', identity) and int(identity) in c else None) is None:
             raise HTTPException(404, f"{identity!r} is not enrolled")
         await write(lambda g: g.remove(label))
@@ -305,9 +310,8 @@ def make_app(
         f,up = await form(request)
         labels = [_text(o, 'a label') for o in f.getlist('labels')]
         if len(labels) != len(up['files']): raise HTTPException(422, f"{len(up['files'])} files but {len(labels)} labels: give one label a file")
-        if not len(live()): raise HTTPException(422, "the gallery is empty: POST /enrol images first")
         emb = await embed(up['files'])
-        g = await write(lambda g: g.calibrate(emb, labels))
+        g = await write(lambda g: g.calibrate(emb, labels))  # an empty gallery: `search` refuses, a 422
         return dict(images=len(emb), smallest_far=g.smallest_far)
 
     @app.get('/', response_class=HTMLResponse, include_in_schema=False)
