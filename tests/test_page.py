@@ -40,7 +40,8 @@ def serve(app):
 def world(tmp_path_factory):
     "The service with keys (a read key, a write key) over a zip gallery, a service without keys, the images, and the browser"
     exe = executable()
-    from cosine_losses.recognition.service import KeyStore, make_app
+    from cosine_losses.recognition.keys import KeyStore
+    from cosine_losses.recognition.service import make_app
     d = tmp_path_factory.mktemp('page')
     model = tiny_model(d/'tiny.onnx')
     imgs = colour_folder(d/'images', ['apple', 'banana', 'fig'], 5, 0)
