@@ -49,7 +49,8 @@ def world(tmp_path_factory):
     read,write = keys.add('the page, reading', 'read'),keys.add('the page, writing', 'write')
     (url,srv),(open_url,open_srv) = serve(make_app(model, d/'gallery.zip', keys=keys)),serve(make_app(model, d/'open.zip'))
     b = Chromium(exe, d/'chromium', size=(1280, 800))
-    b.send('Emulation.setDeviceMetricsOverride', width=1280, height=800, deviceScaleFactor=1, mobile=False)  # the viewport itself, not the window
+    # the viewport itself, not the window around it
+    b.send('Emulation.setDeviceMetricsOverride', width=1280, height=800, deviceScaleFactor=1, mobile=False)
     yield dict(url=url, open_url=open_url, model=model, imgs=imgs, d=d, b=b, read=read, write=write)
     b.close()
     srv.should_exit = open_srv.should_exit = True
@@ -65,7 +66,8 @@ def use_key(b, key):
 
 def rows(b):
     "The identities table as [(identity, images)]"
-    return [tuple(r) for r in b.js("[...document.querySelectorAll('#identities tbody tr')].map(r => [r.dataset.identity, +r.cells[1].textContent])")]
+    js = "[...document.querySelectorAll('#identities tbody tr')].map(r => [r.dataset.identity, +r.cells[1].textContent])"
+    return [tuple(r) for r in b.js(js)]
 
 def submit(b, form, done):
     "Press `form`'s submit button, wait for its message to settle (`done`: a JS condition), and return the message"
@@ -83,7 +85,8 @@ def identify(b, file, threshold):
     b.js(f"document.getElementById('identify-threshold').value = '{threshold}'")
     b.set_files('#identify-files', [file])
     b.js("document.getElementById('identify-submit').click()")
-    b.wait("document.querySelectorAll('#identify-results > li').length === 1 || document.getElementById('identify-msg').className.includes('error')")
+    b.wait("document.querySelectorAll('#identify-results > li').length === 1 "
+           "|| document.getElementById('identify-msg').className.includes('error')")
     return b.js("""[...document.querySelectorAll('#identify-results > li')].map(li => ({identity: li.dataset.identity, unknown: li.dataset.unknown,
         answer: li.querySelector('.answer').firstChild.textContent, score: li.querySelector('.answer .score').textContent,
         top: [...li.querySelectorAll('.top-identity')].map(e => e.textContent)}))""")[0]
