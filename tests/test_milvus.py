@@ -211,7 +211,7 @@ def test_read_your_writes(at):
         other.close()
 
 NASTY = ['a" or label != "', "b' or label != '", 'c\\" or 1 == 1 or \\"', 'd\\', '"', "'", '\\"', 'e) || (label like "%',
-         'ünï cødé ☃ 😀', 'f\nnew line\ttab', '7', 7, '', 'label', '[1, 2]', 'g" in ["', "h' in ['", 'i\\u0022']
+         'ünï cødé ☃ 😀', 'f\nnew line\ttab', '7', 7, '', 'label', '[1, 2]', 'g" in ["', "h' in ['", 'i\\u0022', 'z\\" || pk like "%']  # the last: the largest key
 
 def test_labels_and_keys_are_data_never_filter_syntax(at):
     "Labels and keys full of quotes, backslashes, unicode and Milvus filter syntax: removing or discarding one takes that one, row for row"

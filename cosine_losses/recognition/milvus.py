@@ -6,7 +6,7 @@ Docs: https://cosine-losses.github.io/cosine_losses/milvus.html.md"""
 
 # %% ../../nbs/04j_milvus.ipynb #0b28018d
 from __future__ import annotations
-import json, logging, os, re, uuid
+import json, os, re, uuid
 from pathlib import Path
 import numpy as np
 from fastprogress.fastprogress import progress_bar
@@ -95,17 +95,15 @@ class MilvusGallery(GalleryBase):
     def __exit__(self, *exc): self.close()
 
     def _rows(self, fields:list) -> list:
-        "Every enrolled row's `fields`, in batches"
-        # pymilvus's iterator reads at the collection's consistency whatever it is asked: a count at ours first makes the server
-        # catch up with every write acknowledged before it, which the iterator then sees (one replica: replicas catch up each alone)
+        "Every enrolled row's `fields`, in pages in the order of their keys"
+        # pymilvus's iterator pages by `pk > "{last key}"` unescaped: a key with a quote breaks it or becomes filter syntax
+        # Pages read at the collection's consistency (Milvus pages in key order only then): a count at ours first makes the
+        # server catch up with every write acknowledged before it, which they then see (one replica: replicas catch up each alone)
         if self.d is None or not len(self): return []
-        quiet = logging.getLogger('pymilvus.client.iterator.query_iterator')
-        level = quiet.level; quiet.setLevel(logging.ERROR)  # Milvus Lite keeps no MVCC timestamps: the iterator warns of its fallback
-        try:
-            it,rows = self.client.query_iterator(self.collection, batch_size=max(self.batch, 1000), filter='', output_fields=fields),[]
-            while batch := it.next(): rows += batch
-            it.close()
-        finally: quiet.setLevel(level)
+        rows,last,out = [],None,list(dict.fromkeys([*fields, 'pk']))
+        while page := self.client.query(self.collection, filter='' if last is None else f'pk > {_literal(last)}', output_fields=out,
+                                        limit=min(max(self.batch, 1000), 16384), iterator='True', reduce_stop_for_best='True'):
+            rows += page; last = max(r['pk'] for r in page)  # a page may be short of the limit before the last
         return rows
     @property
     def labels(self) -> list: return [json.loads(r['label']) for r in self._rows(['label'])]
