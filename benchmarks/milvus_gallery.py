@@ -91,14 +91,16 @@ if __name__ == '__main__':
                 r = subprocess.run([sys.executable, __file__, '--one', k, '--n', str(a.n), '--probes', str(a.probes), '--tmp', tmp,
                                     '--consistency', c] + (['--uri', uri] if server and k != 'gallery' else []), capture_output=True, text=True)
                 if r.returncode: print(r.stderr[-3000:], file=sys.stderr); continue
-                row = dict(backend='gallery' if k == 'gallery' else 'server' if server else 'lite', consistency=None if k == 'gallery' else c,
+                row = dict(backend='gallery' if k == 'gallery' else 'server' if server else 'lite',
+                           consistency=None if k == 'gallery' else c,
                            **json.loads(r.stdout.strip().splitlines()[-1]))
                 exact,got = json.load(open(Path(tmp)/'gallery_Strong.labels')),json.load(open(Path(tmp)/f'{k}_{c}.labels'))
                 row['agreement'] = round(sum(a == b for a,b in zip(exact, got))/len(exact), 4)
                 if server and k != 'gallery': row['server_peak_rss_mib'] = round(status_mb('VmHWM', server.pid))
                 rows.append(row); print(row, flush=True)
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
-                with open(out, 'w', newline='') as f: w = csv.DictWriter(f, list(dict.fromkeys(k for r in rows for k in r))); w.writeheader(); w.writerows(rows)
+                with open(out, 'w', newline='') as f:
+                    w = csv.DictWriter(f, list(dict.fromkeys(k for r in rows for k in r))); w.writeheader(); w.writerows(rows)
     finally:
         if server: server.stop()
     print(f"\nwrote {out}; load average {os.getloadavg()[0]:.1f}")

@@ -15,7 +15,8 @@ class MilvusServer:
         # session's, or the wheel's default 19530) clashes with nothing
         config.update(**{k: free_port() for k in config.configurable_items if k.endswith('_port')})
         # its parts advertise loopback to each other (Milvus 2.3's gRPC servers still listen on every interface: no setting binds them)
-        for part in ('rootCoord', 'proxy', 'queryCoord', 'queryNode', 'indexNode', 'dataCoord', 'dataNode'): config.set(f'{part}.ip', '127.0.0.1')
+        for part in ('rootCoord', 'proxy', 'queryCoord', 'queryNode', 'indexNode', 'dataCoord', 'dataNode'):
+            config.set(f'{part}.ip', '127.0.0.1')
         for k,v in settings.items(): config.set(k, v)  # a setting of its milvus.yaml by its dotted name, e.g. 'proxy.timeTickInterval'
         self.server = Server(config, wait_for_started=False)
         self.server.set_base_dir(str(self.base))
@@ -61,7 +62,7 @@ class MilvusServer:
     def pid(self) -> int|None: return self.server.server_proc.pid if self.server.server_proc else None
 
     def stop(self, grace:float=1):
-        "Ask the server to stop, kill it if it has not within `grace` seconds (its parts may wait on each other for minutes; its files are thrown away), and close its log files"
+        "Ask the server to stop, kill it if it has not within `grace` seconds (its parts may wait on each other for minutes), close its logs"
         p = self.server.server_proc
         if p is None: return
         p.send_signal(signal.SIGTERM)

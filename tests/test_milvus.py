@@ -188,7 +188,7 @@ def test_cosine_gallery_with_milvus(trained):
     assert r.returncode == 0 and 'enrolled 12 images' in r.stdout, r.stderr[-3000:]
 
 def test_read_your_writes(at):
-    "What `add`, `remove` and `discard` acknowledged, the next read sees, at once: this client's and a second one's (a server's default consistency hides both)"
+    "What `add`, `remove` and `discard` acknowledged, the next read sees at once, this client's and another's (a server's default consistency hides both)"
     emb,labels,probes,_ = data(classes=100, shots=10)
     keys = [f'{l}/{i}.png' for i,l in enumerate(labels)]
     ref = Gallery().add(emb, labels, keys=keys)
@@ -211,7 +211,8 @@ def test_read_your_writes(at):
         other.close()
 
 NASTY = ['a" or label != "', "b' or label != '", 'c\\" or 1 == 1 or \\"', 'd\\', '"', "'", '\\"', 'e) || (label like "%',
-         'ünï cødé ☃ 😀', 'f\nnew line\ttab', '7', 7, '', 'label', '[1, 2]', 'g" in ["', "h' in ['", 'i\\u0022', 'z\\" || pk like "%']  # the last: the largest key
+         'ünï cødé ☃ 😀', 'f\nnew line\ttab', '7', 7, '', 'label', '[1, 2]', 'g" in ["', "h' in ['", 'i\\u0022',
+         'z\\" || pk like "%']  # the largest key: listing pages after it
 
 def test_labels_and_keys_are_data_never_filter_syntax(at):
     "Labels and keys full of quotes, backslashes, unicode and Milvus filter syntax: removing or discarding one takes that one, row for row"

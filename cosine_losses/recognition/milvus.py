@@ -24,7 +24,7 @@ FORMAT = 'cosine_losses.milvus/1'
 _CHUNK = 1024  # calibration scores a row of the companion collection: Milvus keeps vectors, not arrays of any length
 
 def _literal(s:str) -> str:
-    "`s` as a string literal of a Milvus filter, whatever it holds: JSON's escapes are the ones Milvus reads (raw UTF-8, never `\\uD83D` halves)"
+    "`s` as a string literal of a Milvus filter, whatever it holds: JSON's escapes, which Milvus reads (UTF-8 as it is, no `\\uD83D` halves)"
     return json.dumps(s, ensure_ascii=False)
 
 def milvus_token() -> str:
@@ -49,7 +49,7 @@ class MilvusGallery(GalleryBase):
         shards:int=1, # a cluster's write channels for a new collection (Milvus Lite has one)
         replicas:int=1, # a cluster's in-memory copies to serve searches, for throughput and failover (Milvus Lite: one)
         replace:bool=False, # start the gallery anew, dropping the old one at the first `add`: images that fail before it lose nothing
-        consistency:str='Strong', # of reads: 'Strong' sees every write acknowledged before, by any client; a server's default, 'Bounded', may miss seconds of them
+        consistency:str='Strong', # of reads: 'Strong' sees every write acknowledged before, by any client; 'Bounded' (a server's default) may not
         **kwargs # passed to pymilvus's `MilvusClient`, e.g. `db_name`, `timeout`
     ):
         store_attr('collection,batch,probes,shards,replicas,consistency'); self.uri,self._impostor = str(uri),None
@@ -83,7 +83,8 @@ class MilvusGallery(GalleryBase):
         if self.d is None: return 0
         return self._count('')
     def _count(self, f:str) -> int:
-        return int(self.client.query(self.collection, filter=f, output_fields=['count(*)'], consistency_level=self.consistency)[0]['count(*)'])
+        res = self.client.query(self.collection, filter=f, output_fields=['count(*)'], consistency_level=self.consistency)
+        return int(res[0]['count(*)'])
     def __repr__(self): return f"MilvusGallery({len(self)} images, d={self.d}, index={self.index!r}, {self.uri} {self.collection!r})"
     def close(self):
         "Let another process open the gallery: close the connection, and stop Milvus Lite's in-process server for the file"
