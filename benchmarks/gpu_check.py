@@ -4,6 +4,7 @@ then MNIST epochs of `cosine_learner` against `softmax_learner`, in float32 and 
     python benchmarks/gpu_check.py                      # on a CUDA machine: a few minutes on an H100/H200
     python benchmarks/gpu_check.py --no-compile         # eager rows only (no inductor/triton compilation)
     python benchmarks/gpu_check.py --device cpu --quick # the same logic on a CPU (C ≤ 1000, 1 epoch, 2,048 images)
+    python benchmarks/gpu_check.py --skip-bench --skip-train   # the fused path and Partial FC alone (section 4)
 
 1. `ArcFaceHead` + `CombinedMarginLoss` (ArcFace m=0.5, s=30), forward + backward, against `nn.Linear(bias=False)` +
    `F.cross_entropy`, the naive formulation and pytorch-metric-learning's `ArcFaceLoss` (if installed): N=256, d=512,
@@ -19,6 +20,12 @@ then MNIST epochs of `cosine_learner` against `softmax_learner`, in float32 and 
    cosine/softmax ratio of the median epoch after the first (target ≤ 1.05); fails if any loss is not finite. On a CPU
    `to_fp16` would be a no-op (fastai's `MixedPrecision` autocasts CUDA only), so there it is `to_autocast()` (bf16).
    MNIST from `--mnist`, else as `mnist_dls` finds it ($COSINE_LOSSES_MNIST, else fastai's download).
+4. The fused path and Partial FC (issue 36), on CUDA (on a CPU only with --quick, at small sizes, to check the logic;
+   else skipped): `fused_margin_loss` against `ArcFaceHead` + `CombinedMarginLoss` on the device (value, both gradients,
+   `top` against the argmax), float32, C in {1000, 100000}; step time and CUDA peak memory of `fused`, `partial_fc_0.1`
+   and `partial_fc_0.3` against Linear + CE and ours at C in {100000, 1000000} (N=256, d=512), Partial FC 0.1 against
+   the full fused head (target ≤ 0.25× at C = 10⁶); and `cosine_learner(fused=True, sample_rate=0.3)` against
+   `fused=False` on the device: two epochs of synthetic data, the same losses to float32 tolerance.
 """
 from __future__ import annotations
 import argparse, contextlib, math, os, statistics, sys, time
@@ -96,6 +103,67 @@ def sync_check(device):
         finally: torch.cuda.set_sync_debug_mode('default')
         print(f"  {prec:<8} " + ("no host sync" if err is None else f"HOST SYNC: {err}"))
 
+def fused_check(device, quick):
+    "Section 4: the fused head + loss and Partial FC on the device: exact against the head and loss apart, their speed, the learner"
+    import torch.nn.functional as F
+    from cosine_losses.heads import ArcFaceHead
+    from cosine_losses.losses import CombinedMarginLoss
+    from cosine_losses.fused import fused_margin_loss
+    cuda = device.startswith('cuda')
+    if not (cuda or quick): return print("\n== fused and Partial FC: no CUDA device, skipped (--device cpu --quick checks the logic)")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    N,d = (64, 64) if quick else (256, 512)
+    print(f"\n== fused_margin_loss against ArcFaceHead + CombinedMarginLoss on {device}, float32, N={N}, d={d}")
+    for C in (100, 1000) if quick else (1000, 100000):
+        g = torch.Generator().manual_seed(0)
+        x,y = torch.randn(N, d, generator=g).to(device),torch.randint(0, C, (N,), generator=g).to(device)
+        head = ArcFaceHead(d, C).to(device)
+        xa = x.clone().requires_grad_()
+        cos = head(xa)
+        CombinedMarginLoss(s=30., m2=.5)(cos, y).backward()
+        xb,wb = x.clone().requires_grad_(),head.weight.detach().clone().requires_grad_()
+        top = torch.empty(N, dtype=torch.long, device=device)
+        loss = fused_margin_loss(xb, wb, y, s=30., m2=.5, top=top)
+        loss.backward()
+        ref = CombinedMarginLoss(s=30., m2=.5)(cos.detach(), y)
+        err = lambda a,b: ((a - b).abs().max()/b.abs().max().clamp_min(1e-30)).item()
+        ok = err(loss, ref) < 1e-5 and err(xb.grad, xa.grad) < 1e-4 and err(wb.grad, head.weight.grad) < 1e-4 and torch.equal(top, cos.argmax(1))
+        print(f"  C={C:>7}: loss {err(loss, ref):.1e}, grad x {err(xb.grad, xa.grad):.1e}, grad W {err(wb.grad, head.weight.grad):.1e} (relative to the largest), "
+              f"top = argmax: {torch.equal(top, cos.argmax(1))}  {'ok' if ok else 'DIFFERENT'}")
+    names = ['linear_ce', 'ours', 'fused', 'partial_fc_0.1', 'partial_fc_0.3']
+    print(f"\n== fused and Partial FC, forward + backward (Partial FC: sample, gather, write back), N={N}, d={d}; ratios to Linear + CE")
+    print(f"{'C':>8} {'contender':<15} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6}")
+    for C in (1000, 10000) if quick else (100000, 1000000):
+        ts = H.time_all(names, N, d, C, 3 if quick else 7, sync=sync, device=device)
+        ms = cuda_peak(names, N, d, C, device, contextlib.nullcontext) if cuda else {}
+        for nm in names:
+            mem = f"{ms[nm]/2**20:9.1f} {ms[nm]/max(ms['linear_ce'], 1):6.2f}" if ms else f"{'-':>9} {'-':>6}"
+            print(f"{C:>8} {nm:<15} {ts[nm]*1e3:9.3f} {ts[nm]/ts['linear_ce']:7.2f} {mem}", flush=True)
+        print(f"  Partial FC 0.1 / fused full head at C={C}: {ts['partial_fc_0.1']/ts['fused']:.2f}× (target ≤ 0.25 at 10⁶)")
+    learner_check(device)
+
+def learner_check(device):
+    "`cosine_learner(fused=True, sample_rate=0.3)` against `fused=False` on `device`: the same losses after two epochs"
+    from fastai.torch_core import set_seed
+    from cosine_losses.data import tensor_dls
+    from cosine_losses.learner import cosine_learner
+    def blocks(n, seed, C=40):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, C, (n,), generator=g)
+        x = torch.randint(0, 60, (n, 12, 12), generator=g, dtype=torch.uint8)
+        for i,c in enumerate(y.tolist()): x[i, c//8*2:c//8*2+3, c%8:c%8+3] += 150
+        return x, y
+    vals = {}
+    for fused in False,True:
+        set_seed(0, reproducible=True)
+        learn = cosine_learner(tensor_dls(*blocks(512, 0), *blocks(128, 1), bs=64, device=torch.device(device)), emb_size=32,
+                               fused=fused, sample_rate=.3)
+        with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
+        vals[fused] = torch.tensor(learn.recorder.values, dtype=torch.float64)
+    diff = (vals[True] - vals[False]).abs().max().item()
+    print(f"\n== cosine_learner(sample_rate=0.3) on {device}, fused against not: largest difference of losses and accuracy {diff:.1e} "
+          + ("ok" if diff < 1e-3 else "DIFFERENT") + f"; last epoch {vals[True][-1].tolist()}")
+
 def mnist_folder(arg): return arg or None  # None: `mnist_dls` looks in $COSINE_LOSSES_MNIST, then downloads
 
 def train(device, path, epochs, lr, quick, compile=False):
@@ -162,6 +230,7 @@ def main(argv=None):
     p.add_argument('--no-compile', action='store_true', help='no compiled rows (no inductor/triton compilation)')
     p.add_argument('--compile-train', action='store_true', help='also train compiled learners (Learner.compile())')
     p.add_argument('--skip-bench', action='store_true'); p.add_argument('--skip-train', action='store_true')
+    p.add_argument('--skip-fused', action='store_true', help='skip section 4, the fused path and Partial FC')
     a = p.parse_args(argv)
     if a.device.startswith('cuda') and not torch.cuda.is_available(): sys.exit("no CUDA device: use --device cpu --quick")
     if not a.device.startswith('cuda'): torch.set_num_threads(a.threads)
@@ -170,6 +239,7 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {dev}" + (", --quick" if a.quick else ""))
     if not a.skip_bench: bench(a.device, a.C or ([10, 1000] if a.quick else [10, 1000, 100000]), a.repeats or (3 if a.quick else 15), compile=not a.no_compile)
     if a.device.startswith('cuda'): sync_check(a.device)
+    if not a.skip_fused: fused_check(a.device, a.quick)
     if not a.skip_train: train(a.device, mnist_folder(a.mnist), a.epochs or (1 if a.quick else 5), a.lr, a.quick, a.compile_train)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 

@@ -145,11 +145,19 @@ def step_fn(module, f, x, y, ctx=contextlib.nullcontext, adam=False):
         loss.backward()
         if hasattr(module, 'update'): module.update(opt)  # Partial FC: the sampled rows' step, then back into the centres
         elif opt is not None: opt.step()
+        if opt is None:  # the gradients go: contenders interleaved in one process must not each hold a C×d one between steps
+            x.grad = None
+            for p in params: p.grad = None
     return step
 
 # ---------------------------------------------------------------- time
 def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu', ctx=contextlib.nullcontext, adam=False):
     "Median seconds per step of each contender, sampled interleaved in this process"
+    held = {nm: _need(nm, 0, d, C, adam, held=True) for nm in names}  # one step at a time beside every contender's centres
+    need = sum(held.values()) + max(_need(nm, N, d, C, adam) - held[nm] for nm in names)
+    if need + 2**31 > (avail := _status_file('/proc/meminfo', 'MemAvailable')):
+        print(f"skipping the timing at C={C}: {', '.join(names)} together need about {need/2**30:.1f} GiB, {avail/2**30:.1f} GiB available", flush=True)
+        return {nm: math.nan for nm in names}
     steps = {}
     for nm in names:
         torch.manual_seed(0)
@@ -188,14 +196,18 @@ def _peak_child(name, N, d, C, threads, adam=False):
     step()
     return dict(peak=_status('VmHWM') - before, whole=_status('VmHWM'))
 
-def _need(name, N, d, C, adam) -> float:
-    "Bytes a child is expected to hold at its peak, roughly: centres, their gradient or sample, Adam's two moments, N×C logits"
-    rate = float(name.rsplit('_', 1)[1]) if name.startswith('partial_fc') else 1.
-    return 4*(C*d*(1 + 3*rate + (2 if adam else 0)) + 2*N*C*rate)
+def _need(name, N, d, C, adam, held=False) -> float:
+    "Bytes a contender holds at its step's peak, roughly: centres, Adam's moments, the gradient or the sampled rows (and theirs), logits or blocks"
+    if held: return 4*C*d*(1 + 2*adam)  # between steps: the centres and Adam's moments
+    part = name.startswith('partial_fc')
+    rate = float(name.rsplit('_', 1)[1]) if part else 1.
+    n = C*d*(1 + 2*adam) + rate*C*d*((2 + 2*adam) if part else 1)
+    n += 2**26 if name.startswith('fused') or (part and C >= 50_000) else (2 if name.startswith('linear_ce') else 1)*N*C*rate
+    return 4*n
 
 def peak_mem(name, N, d, C, threads, adam=False):
     avail = _status_file('/proc/meminfo', 'MemAvailable')
-    if _need(name, N, d, C, adam) > .8*avail:
+    if _need(name, N, d, C, adam) + 2**31 > avail:  # 2 GiB to spare: the machine is shared
         print(f"skipping {name} at C={C}: it needs about {_need(name, N, d, C, adam)/2**30:.1f} GiB, {avail/2**30:.1f} GiB available", flush=True)
         return None
     cmd = [sys.executable, __file__, '--_child', name, '--N', str(N), '--d', str(d), '--C', str(C), '--threads', str(threads)] + ['--adam']*adam
@@ -280,12 +292,12 @@ def main(argv=None):
                              x_time=ts[nm]/ts['linear_ce'], peak_mib=m['peak']/2**20 if m else math.nan, x_mem=ratio,
                              whole_mib=m['whole']/2**20 if m else math.nan))
         res[C] = dict(time=ts, mem={k: v['peak'] for k,v in ms.items() if v})
-    if a.csv:
-        import csv
-        os.makedirs(os.path.dirname(a.csv) or '.', exist_ok=True)
-        with open(a.csv, 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader(); w.writerows(rows)
+        if a.csv:  # after each C: a long run stopped half-way keeps what it measured
+            import csv
+            os.makedirs(os.path.dirname(a.csv) or '.', exist_ok=True)
+            with open(a.csv, 'w', newline='') as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader(); w.writerows(rows)
     if 'ours' in names and 100000 in a.C and not a.no_time:
         C = 100000
         t,m = res[C]['time'],res[C]['mem']

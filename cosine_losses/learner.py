@@ -189,7 +189,7 @@ class MarginWarmup(Callback):
     def after_fit(self): lf = self.learn.loss_func; lf.m1,lf.m2,lf.m3 = self.m1,self.m2,self.m3
 
 # %% ../nbs/02_learner.ipynb #8b491821
-_FUSED_FROM = 50_000  # classes from which `fused=None` trains with `fused_margin_loss`: where benchmarks/head_loss.py measured it ahead
+_FUSED_FROM = 50_000  # classes from which `fused=None` trains with `fused_margin_loss`: as fast as apart from here (results/head_loss/)
 
 def _fusable(lf) -> bool:
     "Whether `lf` computes what `fused_margin_loss` does: `CombinedMarginLoss` or a preset of it, not a loss with its own `forward`"
@@ -202,7 +202,8 @@ class _Predicted(Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs,name = kwargs or {},getattr(func, '__name__', None)
-        if name == 'argmax' and type(args[0]) is cls and kwargs.get('dim', args[1] if len(args) > 1 else None) in (1, -1): return args[0].top
+        dim = kwargs.get('dim', args[1] if len(args) > 1 else None)
+        if name == 'argmax' and type(args[0]) is cls and dim in (1, -1): return args[0].top
         if name in _META:
             with torch._C.DisableTorchFunctionSubclass(): return func(*args, **kwargs)
         raise RuntimeError(f"a training step of `HeadTraining` (fused or Partial FC) makes no N×C cosines: only their shape and `argmax(1)` "
@@ -239,7 +240,7 @@ def _rows_out(opt, W:Tensor, q:Tensor, rows:Tensor, full:dict):
     with torch.no_grad(): W[rows] = q
 
 class HeadTraining(Callback):
-    "Train `ArcFaceHead` and a margin loss in one step: fused (`fused_margin_loss`), on Partial FC's sampled centres (`sample_rate`), or both"
+    "Train `ArcFaceHead` and a margin loss in one step: fused (`fused_margin_loss`), on Partial FC's sampled centres, or both"
     order = 20  # after `Autocast` and `MixedPrecision` (10) make the features float; before `StuckRunWatch` (60) reads the predictions
     def __init__(self, fused:bool=True): store_attr(); self.sub = self.state = self.yb_ = self.loss_ = None
 
@@ -247,12 +248,14 @@ class HeadTraining(Callback):
         self.after_step()  # a fit stopped by an error between backward and step: the centres and their state go back first
         self.head,lf = get_model(self.learn.model)[-1],self.learn.loss_func
         if not isinstance(self.head, ArcFaceHead): raise TypeError(f"HeadTraining trains an `ArcFaceHead`, not {type(self.head).__name__}")
-        if self.fused and not _fusable(lf): raise TypeError(f"the fused step computes `CombinedMarginLoss` (and its presets), not {type(lf).__name__}: pass `fused=False`")
+        if self.fused and not _fusable(lf):
+            raise TypeError(f"the fused step computes `CombinedMarginLoss` (and its presets), not {type(lf).__name__}: pass `fused=False`")
 
     def before_train(self):  # not `before_fit`: `get_preds` and `validate` run that too, with no optimiser after `load_learner`
         if self.head.sample_rate < 1:
             if any(_is_instance(cb, 'fastai.distributed.DistributedTrainer') for cb in self.learn.cbs):
-                raise RuntimeError("Partial FC in one process cannot run under `distrib_ctx`: `sharded_learner(sample_rate=...)` samples each rank's centres")
+                raise RuntimeError("Partial FC in one process cannot run under `distrib_ctx`: "
+                                   "`sharded_learner(sample_rate=...)` samples each rank's centres")
             if not isinstance(self.opt, Optimizer) or isinstance(self.opt, OptimWrapper):
                 raise TypeError(f"Partial FC updates the sampled centres through a fastai `Optimizer`, not {type(self.opt).__name__}")
 
@@ -284,7 +287,8 @@ class HeadTraining(Callback):
             if h.k > 1: cos = cos.view(len(x), -1, h.k).amax(-1)
             if h.norms: cos.norms = x.to(out).norm(dim=1)
             top = cos.detach().argmax(1)
-            if keep is not None and _fusable(lf) and (isinstance(lf.m2, Tensor) or isinstance(lf.m3, Tensor)):  # per-class margins: the targets'
+            per_class = isinstance(lf.m2, Tensor) or isinstance(lf.m3, Tensor)
+            if keep is not None and _fusable(lf) and per_class:  # per-class margins: the targets', by their own classes
                 m = lambda v: v.to(cos.device, cos.dtype)[y] if isinstance(v, Tensor) else v
                 loss = _reduce(_MarginCE.apply(cos, t, lf.s, lf.m1, m(lf.m2), m(lf.m3), lf.easy_margin, lf.detach_margin), lf.reduction)
             else: loss = lf(cos, t)
