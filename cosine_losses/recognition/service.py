@@ -11,11 +11,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 import numpy as np, python_multipart  # noqa: F401 (Starlette parses forms with it: missing, fail here, not at the first upload)
 from PIL import Image
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.concurrency import run_in_threadpool
+from fastcore.basics import patch, store_attr
+from fastcore.meta import delegates
+from starlette.datastructures import State
 import cosine_losses.recognition as _recognition
 from .embedder import OnnxEmbedder, preprocess
 from .gallery import Gallery, GalleryBase, GalleryMismatch, is_milvus_uri
@@ -23,7 +26,9 @@ from .keys import Denied, KeyStore
 from .metrics import threshold_at_far
 
 # %% auto #0
-__all__ = ['STATIC', 'read_image', 'Batcher', 'open_gallery', 'make_app', 'serve', 'app_from_env']
+__all__ = ['router', 'STATIC', 'read_image', 'Batcher', 'open_gallery', 'RecognitionService', 'make_app', 'health', 'enrol',
+           'identify', 'verify', 'identities', 'delete_identity', 'delete_image', 'calibrate', 'page', 'serve',
+           'app_from_env']
 
 # %% ../../nbs/04k_service.ipynb #5e7a1c11
 def read_image(
@@ -100,9 +105,7 @@ class _BodyLimit:
         await self.app(scope, limited, send)
     def _why(self, n, what=''): return f"the request is {what}{n/2**20:.1f} MB, over this service's limit of {self.max_bytes/2**20:g} MB (--max-upload-mb)"
 
-# %% ../../nbs/04k_service.ipynb #5e7a1c21
-_EMPTY = "the gallery is empty: POST /enrol images first"
-STATIC = Path(_recognition.__file__).parent/'static'  # the page, package data (`__file__` is no notebook's)
+# %% ../../nbs/04k_service.ipynb #a1c0f002
 _MAX_TEXT = 200
 
 def _text(v, what:str, empty_ok:bool=False) -> str:
@@ -121,13 +124,7 @@ def _number(form, name:str, cast=float, lo=None, hi=None):
     if not np.isfinite(x) or (lo is not None and x < lo) or (hi is not None and x > hi): raise HTTPException(422, f"{name} must be between {lo} and {hi}, not {x}")
     return x
 
-def _form_doc(**fields) -> dict:
-    "OpenAPI's description of a multipart form (the endpoints read their forms themselves, to bound them)"
-    kinds = dict(string={'type': 'string'}, number={'type': 'number'}, integer={'type': 'integer'}, file={'type': 'string', 'format': 'binary'},
-                 files={'type': 'array', 'items': {'type': 'string', 'format': 'binary'}}, strings={'type': 'array', 'items': {'type': 'string'}})
-    return {'requestBody': {'required': True, 'content': {'multipart/form-data': {'schema': {'type': 'object', 'properties':
-            {k: kinds[v] for k,v in fields.items()}}}}}}
-
+# %% ../../nbs/04k_service.ipynb #a1c0f005
 def open_gallery(
     gallery, # a zip gallery's path (made at the first write if new), a Milvus Lite '*.db', a Milvus server URI, or a gallery object
     collection:str='gallery', # the Milvus collection
@@ -142,184 +139,261 @@ def open_gallery(
     p = Path(gallery)
     return (Gallery.load(p, fp, name) if p.exists() else Gallery(fingerprint=fp, model=name)),p
 
-# %% ../../nbs/04k_service.ipynb #5e7a1c22
+# %% ../../nbs/04k_service.ipynb #a1c0f008
+class RecognitionService:
+    "The model, gallery, keys, batcher and limits behind the routes (`app.state.service`)"
+    def __init__(self,
+        model, # an `OnnxEmbedder`, or the path of an .onnx file of `learn.export_onnx`
+        gallery, # as `open_gallery` takes it: a zip gallery's path, a Milvus Lite file or server URI, or a gallery object
+        keys=None, # a `KeyStore` or its file: requests need a key; `None`: no keys asked (one user, one machine)
+        collection:str='gallery', # the Milvus collection, and the collection keys must be for
+        path=None, # for a `Gallery` object: the file each write saves it to (else it lives in memory only)
+        max_upload_mb:float=5., # refuse request bodies over this
+        max_images:int=32, # images a request at most
+        max_pixels:int=40_000_000, # refuse larger images before decoding them
+        far:float=1e-3, # identify's and verify's false-accept rate when a request gives neither `far` nor `threshold`
+        batch_wait_ms:float=2., # micro-batching: wait this long for concurrent requests' images; 0 turns it off
+        max_batch:int=64, # images a model call at most
+        threads:int=None, # onnxruntime's threads when `model` is a path
+    ):
+        store_attr('collection,max_upload_mb,max_images,max_pixels,far')
+        self.model = m = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model, threads)
+        # a Milvus server: other workers write it too
+        self.source,self.shared = gallery,isinstance(gallery, (str, Path)) and '://' in str(gallery)
+        self.gallery,saved = open_gallery(gallery, collection, m)
+        self.path = Path(path) if path is not None else saved
+        self.keys = keys if keys is None or isinstance(keys, KeyStore) else KeyStore(keys)
+        if self.keys is not None: self.keys.list()  # a broken key file fails now, not at the first request
+        self.batcher,self.lock = Batcher(lambda x: m.session.run(None, {m.input: x})[0], batch_wait_ms, max_batch),asyncio.Lock()
+
+# %% ../../nbs/04k_service.ipynb #a1c0f010
+@patch
+def allow(self:RecognitionService, request:Request, scope:str):
+    "Nothing if `request`'s key opens `scope` ('read' or 'write') on this collection (or no keys are asked), else a 401 or 403"
+    if self.keys is None: return
+    try: self.keys.check(request.headers.get('x-api-key'), scope, self.collection)
+    except Denied as e: raise HTTPException(e.status_code, e.detail) from None
+
+# %% ../../nbs/04k_service.ipynb #a1c0f013
+@patch
+async def form(self:RecognitionService, request:Request, files:tuple=('files',)) -> tuple:
+    "(the form, {field: [(name, bytes)]}) of a multipart request, counted and bounded"
+    n_max = self.max_images
+    try: f = await request.form(max_files=4*n_max + 8, max_fields=4*n_max + 16, max_part_size=2**16)  # counted below
+    except (HTTPException, _TooLarge): raise
+    except Exception as e: raise HTTPException(400, f"the request is not a readable multipart form ({type(e).__name__})") from None
+    up = {k: [v for v in f.getlist(k) if not isinstance(v, str)] for k in files}
+    if (n := sum(map(len, up.values()))) > n_max: raise HTTPException(413, f"{n} images in one request, more than {n_max}")
+    return f,{k: [(v.filename or f'{k}[{i}]', await v.read()) for i,v in enumerate(vs)] for k,vs in up.items()}
+
+# %% ../../nbs/04k_service.ipynb #a1c0f016
+@patch
+async def embed(self:RecognitionService, items:list) -> np.ndarray:
+    "Every image decoded (or the request refused, naming the file), then embedded in one batch with other requests'"
+    if not items: raise HTTPException(422, "no images: send one or more files")
+    x = await run_in_threadpool(lambda: np.stack([read_image(b, n, self.model.spec, self.max_pixels) for n,b in items]))
+    e = await self.batcher(x)
+    return e/np.linalg.norm(e, axis=1, keepdims=True)
+
+# %% ../../nbs/04k_service.ipynb #a1c0f018
+@patch
+def live(self:RecognitionService):
+    "The gallery; on a Milvus server, opened again while empty here, as another worker may have made its collection since"
+    if self.shared and (old := self.gallery).d is None:
+        self.gallery = open_gallery(self.source, self.collection, self.model)[0]
+        old.close()
+    return self.gallery
+
+@patch
+async def write(self:RecognitionService, change, changed=lambda out: True):
+    "`change(gallery)` made on a copy (a `Gallery`) that is saved, then swapped in; on Milvus, upserted as it goes"
+    async with self.lock:
+        def run():
+            new = self.live().copy() if isinstance(self.live(), Gallery) else self.live()
+            out = change(new)
+            if not changed(out): return out  # nothing to save: the file stays as it was, byte for byte
+            if self.path is not None: new.save(self.path)
+            self.gallery = new
+            return out
+        try: return await run_in_threadpool(run)
+        except (GalleryMismatch, ValueError, KeyError) as e: raise HTTPException(422, str(e).strip('"')) from None
+
+# %% ../../nbs/04k_service.ipynb #a1c0f021
+_EMPTY = "the gallery is empty: POST /enrol images first"
+
+@patch
+async def search(self:RecognitionService, g, emb, k) -> tuple:
+    "`g.search` in a thread; an empty gallery is a 422"
+    try: s,l = await run_in_threadpool(g.search, emb, k)
+    except ValueError as e: raise HTTPException(422, _EMPTY if 'empty' in str(e) else str(e)) from None
+    if not np.isfinite(s[:, 0]).all(): raise HTTPException(422, _EMPTY)  # a Milvus collection whose images were all deleted
+    return s,l
+
+@patch
+def threshold(self:RecognitionService, g, f) -> tuple:
+    "(threshold, far) of a request's `threshold` or `far`, else the gallery's threshold, else the service's `far`"
+    t,fr = _number(f, 'threshold', float, -1, 1),_number(f, 'far', float, 0, 1)
+    if t is not None: return t,None
+    if fr is None and g.threshold is not None: return float(g.threshold),None
+    if g.impostor is None: raise HTTPException(422, "the gallery is not calibrated, so there is no threshold for a FAR: POST /calibrate "
+                                                    "images of strangers (identities not enrolled), or pass a threshold")
+    if fr is None: fr = max(self.far, g.smallest_far)  # the service's default, as far down as the calibration resolves
+    try: return threshold_at_far(g.impostor, fr),fr
+    except ValueError as e: raise HTTPException(422, str(e)) from None
+
+# %% ../../nbs/04k_service.ipynb #a1c0f024
+@patch
+async def close(self:RecognitionService):
+    "Stop the batcher; close the gallery's connection if it has one"
+    await self.batcher.close()
+    if hasattr(self.gallery, 'close'): self.gallery.close()
+
+# %% ../../nbs/04k_service.ipynb #a1c0f026
+router = APIRouter()
+STATIC = Path(_recognition.__file__).parent/'static'  # the page, package data (`__file__` is no notebook's)
+
+class _State(State):
+    "`app.state`, whose `model`, `gallery`, `batcher`, `keys` and `path` are its service's: `gallery` is the live one"
+    def __getattr__(self, k):
+        return getattr(self.service, k) if k in ('model', 'gallery', 'batcher', 'keys', 'path') else super().__getattr__(k)
+
+async def _too_large(request, e): return JSONResponse({'detail': str(e)}, 413, headers={'Connection': 'close'})
+async def _invalid(request, e):  # FastAPI's list of errors, as one sentence
+    return JSONResponse({'detail': '; '.join(f"{' '.join(map(str, o['loc']))}: {o['msg']}" for o in e.errors())}, 422)
+
+@delegates(RecognitionService)
 def make_app(
     model, # an `OnnxEmbedder`, or the path of an .onnx file of `learn.export_onnx`
     gallery, # as `open_gallery` takes it: a zip gallery's path, a Milvus Lite file or server URI, or a gallery object
-    keys=None, # a `KeyStore` or its file: requests need a key; `None`: no keys asked (one user, one machine)
-    collection:str='gallery', # the Milvus collection, and the collection keys must be for
-    path=None, # for a `Gallery` object: the file each write saves it to (else it lives in memory only)
-    max_upload_mb:float=5., # refuse request bodies over this
-    max_images:int=32, # images a request at most
-    max_pixels:int=40_000_000, # refuse larger images before decoding them
-    far:float=1e-3, # identify's and verify's false-accept rate when a request gives neither `far` nor `threshold`
-    batch_wait_ms:float=2., # micro-batching: wait this long for concurrent requests' images; 0 turns it off
-    max_batch:int=64, # images a model call at most
-    threads:int=None, # onnxruntime's threads when `model` is a path
+    **kwargs
 ) -> FastAPI:
     "The recognition service over `model` and `gallery`: a FastAPI app to run with uvicorn"
-    m = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model, threads)
-    g,saved = open_gallery(gallery, collection, m)
-    saved = Path(path) if path is not None else saved
-    ks = keys if keys is None or isinstance(keys, KeyStore) else KeyStore(keys)
-    if ks is not None: ks.list()  # a broken key file fails now, not at the first request
-    batcher = Batcher(lambda x: m.session.run(None, {m.input: x})[0], batch_wait_ms, max_batch)
-
+    svc = RecognitionService(model, gallery, **kwargs)
     @asynccontextmanager
     async def lifespan(app):
         yield
-        await batcher.close()
-        if hasattr(app.state.gallery, 'close'): app.state.gallery.close()
+        await svc.close()
     app = FastAPI(title='cosine_losses recognition', lifespan=lifespan, version='1',
                   description="Enrol identities, identify and verify images at a calibrated false-accept rate. Send `X-API-Key`.")
-    app.state.model,app.state.gallery,app.state.batcher,app.state.keys,app.state.path = m,g,batcher,ks,saved
-    write_lock,limit = asyncio.Lock(),int(max_upload_mb*2**20)
-    app.add_middleware(_BodyLimit, max_bytes=limit)
-    @app.exception_handler(_TooLarge)
-    async def too_large(request, e): return JSONResponse({'detail': str(e)}, 413, headers={'Connection': 'close'})
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, e):  # FastAPI's list of errors, as one sentence
-        return JSONResponse({'detail': '; '.join(f"{' '.join(map(str, o['loc']))}: {o['msg']}" for o in e.errors())}, 422)
-
-    shared = isinstance(gallery, (str, Path)) and '://' in str(gallery)  # a Milvus server: other workers may write it too
-    def live():
-        "The gallery; on a Milvus server, opened again while empty here, as another worker may have made its collection since"
-        if shared and (old := app.state.gallery).d is None: app.state.gallery = open_gallery(gallery, collection, m)[0]; old.close()
-        return app.state.gallery
-    def allow(request:Request, scope:str):
-        if ks is None: return
-        try: ks.check(request.headers.get('x-api-key'), scope, collection)
-        except Denied as e: raise HTTPException(e.status_code, e.detail) from None
-    async def form(request:Request, files:tuple=('files',)) -> tuple:
-        "(the form, {field: [(name, bytes)]}) of a multipart request, counted and bounded"
-        try: f = await request.form(max_files=4*max_images + 8, max_fields=4*max_images + 16, max_part_size=2**16)  # counted below
-        except (HTTPException, _TooLarge): raise
-        except Exception as e: raise HTTPException(400, f"the request is not a readable multipart form ({type(e).__name__})") from None
-        up = {k: [v for v in f.getlist(k) if not isinstance(v, str)] for k in files}
-        if (n := sum(map(len, up.values()))) > max_images: raise HTTPException(413, f"{n} images in one request, more than {max_images}")
-        return f,{k: [(v.filename or f'{k}[{i}]', await v.read()) for i,v in enumerate(vs)] for k,vs in up.items()}
-    async def embed(items:list) -> np.ndarray:
-        "Every image decoded (or the request refused, naming the file), then embedded in one batch with other requests'"
-        if not items: raise HTTPException(422, "no images: send one or more files")
-        x = await run_in_threadpool(lambda: np.stack([read_image(b, n, m.spec, max_pixels) for n,b in items]))
-        e = await batcher(x)
-        return e/np.linalg.norm(e, axis=1, keepdims=True)
-    async def write(change, changed=lambda out: True):
-        "`change(gallery)` made on a copy (a `Gallery`) that is saved, then swapped in; on Milvus, upserted as it goes"
-        async with write_lock:
-            def run():
-                new = live().copy() if isinstance(live(), Gallery) else live()
-                out = change(new)
-                if not changed(out): return out  # nothing to save: the file stays as it was, byte for byte
-                if saved is not None: new.save(saved)
-                app.state.gallery = new
-                return out
-            try: return await run_in_threadpool(run)
-            except (GalleryMismatch, ValueError, KeyError) as e: raise HTTPException(422, str(e).strip('"')) from None
-    async def search(g, emb, k) -> tuple:
-        "`g.search` in a thread; an empty gallery is a 422"
-        try: s,l = await run_in_threadpool(g.search, emb, k)
-        except ValueError as e: raise HTTPException(422, _EMPTY if 'empty' in str(e) else str(e)) from None
-        if not np.isfinite(s[:, 0]).all(): raise HTTPException(422, _EMPTY)  # a Milvus collection whose images were all deleted
-        return s,l
-    def threshold(g, f) -> tuple:
-        "(threshold, far) of a request's `threshold` or `far`, else the gallery's threshold, else the service's `far`"
-        t,fr = _number(f, 'threshold', float, -1, 1),_number(f, 'far', float, 0, 1)
-        if t is not None: return t,None
-        if fr is None and g.threshold is not None: return float(g.threshold),None
-        if g.impostor is None: raise HTTPException(422, "the gallery is not calibrated, so there is no threshold for a FAR: POST /calibrate "
-                                                        "images of strangers (identities not enrolled), or pass a threshold")
-        if fr is None: fr = max(far, g.smallest_far)  # the service's default, as far down as the calibration resolves
-        try: return threshold_at_far(g.impostor, fr),fr
-        except ValueError as e: raise HTTPException(422, str(e)) from None
-
-    @app.get('/health')
-    def health():
-        "The model, the gallery's size and calibration, and whether keys are asked for"
-        g = live()
-        return dict(status='ok', model=dict(name=m.name, fingerprint=m.fingerprint, d=m.session.get_outputs()[0].shape[-1]), auth=ks is not None,
-                    gallery=dict(backend='zip' if isinstance(g, Gallery) else 'milvus', images=len(g), identities=len(g.counts()),
-                                 threshold=g.threshold, smallest_far=g.smallest_far))
-
-    @app.post('/enrol', openapi_extra=_form_doc(identity='string', files='files', keys='strings'))
-    async def enrol(request:Request):
-        "Enrol images under an identity; an image's key (default: its content's SHA-256) enrolled again replaces it"
-        allow(request, 'write')
-        f,up = await form(request)
-        ident,files = _text(f.get('identity'), 'identity'),up['files']
-        keys = [_text(k, 'a key') for k in f.getlist('keys')] or [hashlib.sha256(b).hexdigest() for _,b in files]
-        if len(keys) != len(files): raise HTTPException(422, f"{len(files)} files but {len(keys)} keys: give one key a file, or none")
-        emb = await embed(files)
-        await write(lambda g: g.add(emb, [ident]*len(emb), fingerprint=m.fingerprint, model=m.name, keys=keys))
-        return dict(identity=ident, added=len(emb), keys=keys)
-
-    @app.post('/identify', openapi_extra=_form_doc(files='files', far='number', threshold='number', k='integer'))
-    async def identify(request:Request):
-        "Each image's identity, or `null` (unknown) where its best score is under the threshold; with its `k` best identities"
-        allow(request, 'read')
-        f,up = await form(request)
-        k,g = int(_number(f, 'k', int, 1, 100) or 3),await run_in_threadpool(live)  # on Milvus, `live` may call the server
-        t,fr = threshold(g, f)
-        s,l = await search(g, await embed(up['files']), k)
-        return dict(threshold=t, far=fr, results=[dict(file=n, identity=ll[0] if ss[0] >= t else None, score=float(ss[0]),
-                                                       top=[dict(identity=a, score=float(b)) for a,b in zip(ll, ss) if a is not None])
-                                                  for (n,_),ss,ll in zip(up['files'], s, l)])
-
-    @app.post('/verify', openapi_extra=_form_doc(file='file', file2='file', identity='string', far='number', threshold='number'))
-    async def verify(request:Request):
-        "Whether `file` shows the same identity as `file2`, or as the enrolled `identity` (its best image)"
-        allow(request, 'read')
-        f,up = await form(request, ('file', 'file2'))
-        g,ident = await run_in_threadpool(live),f.get('identity')
-        if len(up['file']) != 1 or len(up['file2']) + (ident is not None) != 1:
-            raise HTTPException(422, "send one `file`, and either one `file2` or an enrolled `identity`")
-        t,_ = threshold(g, f)
-        if ident is None: a,b = await embed(up['file'] + up['file2']); score = float(a @ b)
-        else:
-            if (ident := _text(ident, 'identity')) not in (c := await run_in_threadpool(g.counts)): raise HTTPException(404, f"{ident!r} is not enrolled")
-            s,l = await search(g, await embed(up['file']), len(c))
-            score = float(s[0][list(l[0]).index(ident)])
-        return dict(same=score >= t, score=score, threshold=t)
-
-    @app.get('/identities')
-    def identities(request:Request):
-        "The enrolled identities and their numbers of images, by identity"
-        allow(request, 'read')
-        return dict(identities=[dict(identity=k, images=n) for k,n in sorted(live().counts().items(), key=lambda o: str(o[0]))])
-
-    @app.delete('/identities')
-    async def delete_identity(request:Request, identity:str):
-        "Forget every image of `identity`: that identity only, whatever characters it holds"
-        allow(request, 'write')
-        c = await run_in_threadpool(lambda: live().counts())
-        if (label := identity if identity in c else int(identity) if re.fullmatch(r'-?\d+', identity) and int(identity) in c else None) is None:
-            raise HTTPException(404, f"{identity!r} is not enrolled")
-        await write(lambda g: g.remove(label))
-        return dict(identity=identity, removed=c[label])
-
-    @app.delete('/images')
-    async def delete_image(request:Request, key:str):
-        "Forget the image enrolled under `key`: 1 if it was there, else 0"
-        allow(request, 'write')
-        return dict(key=key, removed=await write(lambda g: g.discard([key]), changed=bool))
-
-    @app.post('/calibrate', openapi_extra=_form_doc(files='files', labels='strings'))
-    async def calibrate(request:Request):
-        "Calibrate the thresholds on images of strangers (identities neither trained on nor enrolled), one label a file"
-        allow(request, 'write')
-        f,up = await form(request)
-        labels = [_text(o, 'a label') for o in f.getlist('labels')]
-        if len(labels) != len(up['files']): raise HTTPException(422, f"{len(up['files'])} files but {len(labels)} labels: give one label a file")
-        emb = await embed(up['files'])
-        g = await write(lambda g: g.calibrate(emb, labels))  # an empty gallery: `search` refuses, a 422
-        return dict(images=len(emb), smallest_far=g.smallest_far)
-
-    @app.get('/', response_class=HTMLResponse, include_in_schema=False)
-    def page():
-        if (STATIC/'index.html').is_file(): return FileResponse(STATIC/'index.html')
-        return HTMLResponse('<!doctype html><title>cosine_losses</title><p>No page installed: the API is at <a href="docs">/docs</a>.')
+    app.state = _State({'service': svc})
+    app.add_middleware(_BodyLimit, max_bytes=int(svc.max_upload_mb*2**20))
+    app.add_exception_handler(_TooLarge, _too_large)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.include_router(router)
     if STATIC.is_dir(): app.mount('/static', StaticFiles(directory=STATIC), name='static')
     return app
+
+# %% ../../nbs/04k_service.ipynb #a1c0f029
+def _form_doc(**fields) -> dict:
+    "OpenAPI's description of a multipart form (the endpoints read their forms themselves, to bound them)"
+    kinds = dict(string={'type': 'string'}, number={'type': 'number'}, integer={'type': 'integer'}, file={'type': 'string', 'format': 'binary'},
+                 files={'type': 'array', 'items': {'type': 'string', 'format': 'binary'}}, strings={'type': 'array', 'items': {'type': 'string'}})
+    return {'requestBody': {'required': True, 'content': {'multipart/form-data': {'schema': {'type': 'object', 'properties':
+            {k: kinds[v] for k,v in fields.items()}}}}}}
+
+@router.get('/health')
+def health(request:Request):
+    "The model, the gallery's size and calibration, and whether keys are asked for"
+    svc = request.app.state.service
+    g,m = svc.live(),svc.model
+    return dict(status='ok', model=dict(name=m.name, fingerprint=m.fingerprint, d=m.session.get_outputs()[0].shape[-1]),
+                auth=svc.keys is not None,
+                gallery=dict(backend='zip' if isinstance(g, Gallery) else 'milvus', images=len(g), identities=len(g.counts()),
+                             threshold=g.threshold, smallest_far=g.smallest_far))
+
+# %% ../../nbs/04k_service.ipynb #a1c0f032
+@router.post('/enrol', openapi_extra=_form_doc(identity='string', files='files', keys='strings'))
+async def enrol(request:Request):
+    "Enrol images under an identity; an image's key (default: its content's SHA-256) enrolled again replaces it"
+    svc = request.app.state.service
+    svc.allow(request, 'write')
+    f,up = await svc.form(request)
+    ident,files = _text(f.get('identity'), 'identity'),up['files']
+    keys = [_text(k, 'a key') for k in f.getlist('keys')] or [hashlib.sha256(b).hexdigest() for _,b in files]
+    if len(keys) != len(files): raise HTTPException(422, f"{len(files)} files but {len(keys)} keys: give one key a file, or none")
+    emb = await svc.embed(files)
+    await svc.write(lambda g: g.add(emb, [ident]*len(emb), fingerprint=svc.model.fingerprint, model=svc.model.name, keys=keys))
+    return dict(identity=ident, added=len(emb), keys=keys)
+
+# %% ../../nbs/04k_service.ipynb #a1c0f035
+@router.post('/identify', openapi_extra=_form_doc(files='files', far='number', threshold='number', k='integer'))
+async def identify(request:Request):
+    "Each image's identity, or `null` (unknown) where its best score is under the threshold; with its `k` best identities"
+    svc = request.app.state.service
+    svc.allow(request, 'read')
+    f,up = await svc.form(request)
+    k,g = int(_number(f, 'k', int, 1, 100) or 3),await run_in_threadpool(svc.live)  # on Milvus, `live` may call the server
+    t,fr = svc.threshold(g, f)
+    s,l = await svc.search(g, await svc.embed(up['files']), k)
+    return dict(threshold=t, far=fr, results=[dict(file=n, identity=ll[0] if ss[0] >= t else None, score=float(ss[0]),
+                                                   top=[dict(identity=a, score=float(b)) for a,b in zip(ll, ss) if a is not None])
+                                              for (n,_),ss,ll in zip(up['files'], s, l)])
+
+# %% ../../nbs/04k_service.ipynb #a1c0f037
+@router.post('/verify', openapi_extra=_form_doc(file='file', file2='file', identity='string', far='number', threshold='number'))
+async def verify(request:Request):
+    "Whether `file` shows the same identity as `file2`, or as the enrolled `identity` (its best image)"
+    svc = request.app.state.service
+    svc.allow(request, 'read')
+    f,up = await svc.form(request, ('file', 'file2'))
+    g,ident = await run_in_threadpool(svc.live),f.get('identity')
+    if len(up['file']) != 1 or len(up['file2']) + (ident is not None) != 1:
+        raise HTTPException(422, "send one `file`, and either one `file2` or an enrolled `identity`")
+    t,_ = svc.threshold(g, f)
+    if ident is None: a,b = await svc.embed(up['file'] + up['file2']); score = float(a @ b)
+    else:
+        if (ident := _text(ident, 'identity')) not in (c := await run_in_threadpool(g.counts)): raise HTTPException(404, f"{ident!r} is not enrolled")
+        s,l = await svc.search(g, await svc.embed(up['file']), len(c))
+        score = float(s[0][list(l[0]).index(ident)])
+    return dict(same=score >= t, score=score, threshold=t)
+
+# %% ../../nbs/04k_service.ipynb #a1c0f040
+@router.get('/identities')
+def identities(request:Request):
+    "The enrolled identities and their numbers of images, by identity"
+    svc = request.app.state.service
+    svc.allow(request, 'read')
+    return dict(identities=[dict(identity=k, images=n) for k,n in sorted(svc.live().counts().items(), key=lambda o: str(o[0]))])
+
+# %% ../../nbs/04k_service.ipynb #a1c0f043
+@router.delete('/identities')
+async def delete_identity(request:Request, identity:str):
+    "Forget every image of `identity`: that identity only, whatever characters it holds"
+    svc = request.app.state.service
+    svc.allow(request, 'write')
+    c = await run_in_threadpool(lambda: svc.live().counts())
+    if (label := identity if identity in c else int(identity) if re.fullmatch(r'-?\d+', identity) and int(identity) in c else None) is None:
+        raise HTTPException(404, f"{identity!r} is not enrolled")
+    await svc.write(lambda g: g.remove(label))
+    return dict(identity=identity, removed=c[label])
+
+# %% ../../nbs/04k_service.ipynb #a1c0f045
+@router.delete('/images')
+async def delete_image(request:Request, key:str):
+    "Forget the image enrolled under `key`: 1 if it was there, else 0"
+    svc = request.app.state.service
+    svc.allow(request, 'write')
+    return dict(key=key, removed=await svc.write(lambda g: g.discard([key]), changed=bool))
+
+# %% ../../nbs/04k_service.ipynb #a1c0f048
+@router.post('/calibrate', openapi_extra=_form_doc(files='files', labels='strings'))
+async def calibrate(request:Request):
+    "Calibrate the thresholds on images of strangers (identities neither trained on nor enrolled), one label a file"
+    svc = request.app.state.service
+    svc.allow(request, 'write')
+    f,up = await svc.form(request)
+    labels = [_text(o, 'a label') for o in f.getlist('labels')]
+    if len(labels) != len(up['files']): raise HTTPException(422, f"{len(up['files'])} files but {len(labels)} labels: give one label a file")
+    emb = await svc.embed(up['files'])
+    g = await svc.write(lambda g: g.calibrate(emb, labels))  # an empty gallery: `search` refuses, a 422
+    return dict(images=len(emb), smallest_far=g.smallest_far)
+
+# %% ../../nbs/04k_service.ipynb #a1c0f051
+@router.get('/', response_class=HTMLResponse, include_in_schema=False)
+def page():
+    "The browser client, `static/index.html`; without it, a pointer to the API's docs"
+    if (STATIC/'index.html').is_file(): return FileResponse(STATIC/'index.html')
+    return HTMLResponse('<!doctype html><title>cosine_losses</title><p>No page installed: the API is at <a href="docs">/docs</a>.')
 
 # %% ../../nbs/04k_service.ipynb #5e7a1c28
 def serve(
