@@ -12,12 +12,17 @@ from pathlib import Path
 KEYS_FORMAT = 'cosine_losses.keys/1'
 SCOPES = ('read', 'write')
 
+# %% auto #0
+__all__ = ['KEYS_FORMAT', 'SCOPES', 'Denied', 'KeyStore']
+
+# %% ../../nbs/04l_keys.ipynb #b2e4d101
 class Denied(Exception):
     "A request without a valid key (401) or outside its key's scope or collection (403); never names the key"
     def __init__(self, status_code:int, detail:str): super().__init__(detail); self.status_code,self.detail = status_code,detail
 
 def _digest(salt:str, key:str) -> str: return hashlib.sha256(bytes.fromhex(salt) + key.encode()).hexdigest()
 
+# %% ../../nbs/04l_keys.ipynb #b2e4d104
 class KeyStore:
     "API keys in a JSON file, each kept as a salted SHA-256 with its name, scope ('read' or 'write') and collection"
     def __init__(self,
@@ -73,6 +78,3 @@ class KeyStore:
         if o['collection'] != collection: raise Denied(403, f"key {o['name']!r} opens collection {o['collection']!r}, not {collection!r}")
         if scope == 'write' and o['scope'] != 'write': raise Denied(403, f"key {o['name']!r} may only read: {scope} needs a write key")
         return o
-
-# %% auto #0
-__all__ = ['KEYS_FORMAT', 'SCOPES', 'Denied', 'KeyStore']
