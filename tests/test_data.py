@@ -101,9 +101,9 @@ def _flip_crc(b): b = bytearray(b); b[-8] ^= 1; return bytes(b)
     ('short', GOOD[:-1], 'truncated: shape (5, 4, 3) needs 60 bytes of data, found 59'),
     ('long', GOOD + b'\0', 'too long'),
     ('plain.gz', GOOD, 'not a gzip file'),
-    ('cut.gz', gzip.compress(GOOD)[:-9], 'corrupt or not a gzip file'),
-    ('crc.gz', _flip_crc(gzip.compress(GOOD)), 'corrupt'),
-    ('short.gz', gzip.compress(GOOD[:-1]), 'truncated'),
+    ('cut.gz', gzip.compress(GOOD, mtime=0)[:-9], 'corrupt or not a gzip file'),
+    ('crc.gz', _flip_crc(gzip.compress(GOOD, mtime=0)), 'corrupt'),
+    ('short.gz', gzip.compress(GOOD[:-1], mtime=0), 'truncated'),
 ])
 def test_corrupt_idx(tmp_path, name, payload, contains):
     f = tmp_path/name
