@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.concurrency import run_in_threadpool
 from fastcore.basics import patch, store_attr
 from fastcore.meta import delegates
-from starlette.datastructures import State
+from fastapi.datastructures import State
 import cosine_losses.recognition as _recognition
 from .embedder import OnnxEmbedder, preprocess
 from .gallery import Gallery, GalleryBase, GalleryMismatch, is_milvus_uri
