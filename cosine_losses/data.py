@@ -31,7 +31,7 @@ import fastai.vision.data, fastai.vision.learner  # register `show_batch`, `show
 __all__ = ['ImageRow', 'MNIST_ENV', 'OML_COLUMNS', 'read_idx', 'write_idx', 'read_idx_folder', 'read_png_folder', 'ImageRows',
            'ToImageBW', 'ToImageColour', 'image_tfm', 'IndexCategorize', 'TensorBatchDL', 'pixel_stats', 'tensor_dls',
            'mnist_path', 'idx_dls', 'read_mnist', 'mnist_dls', 'synthetic_idx', 'mnist_or_standin', 'synthetic_folder',
-           'folder_dls', 'csv_dls']
+           'keep_classes_splitter', 'folder_dls', 'csv_dls']
 
 # %% ../nbs/03_data.ipynb #d7dbf9cb
 def _gzipped(fname:Path): return fname.suffix == '.gz'
@@ -352,6 +352,24 @@ def synthetic_folder(
             files.append(Path(path)/c/f'{j}.png'); Image.fromarray(a).convert(mode).save(files[-1])
     return files
 
+# %% ../nbs/03_data.ipynb #98c5f080
+def keep_classes_splitter(
+    valid_pct:float=0.2, # share of the items held out for validation
+    seed:int=0, # seed of the split
+    get_y=None, # an item's class
+):
+    "fastai's `RandomSplitter`, unless it leaves a class no training item: then `valid_pct` of each class, never its last, is held out"
+    rand = RandomSplitter(valid_pct, seed=seed)
+    def _inner(items):
+        tr,va = rand(items)
+        ys = list(items.apply(get_y, axis=1)) if isinstance(items, pd.DataFrame) else [get_y(o) for o in items]  # a CSV's rows
+        if set(ys) == {ys[i] for i in tr}: return tr,va
+        rng,by = np.random.default_rng(seed),{}
+        for i,y in enumerate(ys): by.setdefault(y, []).append(i)
+        va = sorted(j for ix in by.values() for j in rng.permutation(ix)[:min(round(valid_pct*len(ix)), len(ix) - 1)])
+        return L(sorted(set(range(len(items))) - set(va))),L(va)
+    return _inner
+
 # %% ../nbs/03_data.ipynb #3b7e5d23
 def _image_size(f) -> tuple:
     with Image.open(f) as im: return im.size[::-1]
@@ -380,7 +398,8 @@ def folder_dls(
     files = get_image_files(path, folders=[train, valid] if split else None)  # read once: big trees take long to walk
     if not files: raise FileNotFoundError(f"{path} holds no image files (in class folders, or in train/ and valid/)")
     block = DataBlock((ImageBlock(_img_cls(files[0])), CategoryBlock), get_items=lambda _: files,
-                      get_y=parent_label, splitter=GrandparentSplitter(train, valid) if split else RandomSplitter(valid_pct, seed=seed),
+                      get_y=parent_label,
+                      splitter=GrandparentSplitter(train, valid) if split else keep_classes_splitter(valid_pct, seed, parent_label),
                       **_dls_kwargs(files[0], size, augment))
     return block.dataloaders(path, path=path, bs=bs, num_workers=num_workers, **kwargs)  # `dls.path`: saves go there, as `from_folder`
 
@@ -414,7 +433,8 @@ def csv_dls(
     root = Path(ifnone(path, Path(csv).parent if not isinstance(csv, pd.DataFrame) else '.'))
     fns = df[fn_col].astype(str)
     pref = '' if fns.map(lambda f: Path(f).is_absolute()).all() else f'{root}{os.path.sep}'
-    splitter = _oml_splitter(valid_pct, seed) if oml else ColSplitter(valid_col) if valid_col in df.columns else RandomSplitter(valid_pct, seed=seed)
+    splitter = (_oml_splitter(valid_pct, seed) if oml else ColSplitter(valid_col) if valid_col in df.columns else
+                keep_classes_splitter(valid_pct, seed, ColReader(label_col)))
     first = pref + fns.iloc[0]
     block = DataBlock((ImageBlock(_img_cls(first)), CategoryBlock), get_x=ColReader(fn_col, pref=pref), get_y=ColReader(label_col),
                       splitter=splitter, **_dls_kwargs(first, size, augment))
