@@ -12,6 +12,10 @@ FAR it gets on the other, and whether `calibrate_threshold`'s 80 % prediction in
     python benchmarks/many_classes.py --setting easy --losses softmax arcface 'm2=0.5,s=30'
     python benchmarks/many_classes.py --losses softmax arcface cosface sphereface combined --splits 5 \
         --out results/many-classes/paper_losses.csv
+    python benchmarks/many_classes.py --losses arcface --heads full fused 0.3 0.1 --out results/many-classes/heads.csv
+
+`--heads` trains each loss's head several ways: 'full' (every class in every step, the head and loss apart), 'fused'
+(`fused_margin_loss`), or a number: Partial FC's sample rate.
 """
 import argparse, os, time, warnings
 os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -44,6 +48,7 @@ def main():
     p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--lr', type=float, default=3e-2)
     p.add_argument('--splits', type=int, default=0, help='halvings of the unseen numbers per run to check the threshold interval (0: none)')
+    p.add_argument('--heads', nargs='+', default=['full'], help="'full', 'fused', or a Partial FC sample rate such as 0.1")
     p.add_argument('--out', default=None, help='CSV of every run')
     a = p.parse_args()
     torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
@@ -52,20 +57,22 @@ def main():
     for seed in range(a.seeds):
         x,y,names = mnist_numbers(n_ids=a.n_ids, per_id=16, digits=3, seed=seed, **SETTINGS[a.setting])
         dls = identity_dls(x, y, names, seen=.7, seed=seed)
-        for loss in a.losses:
+        for loss,head in [(l,h) for l in a.losses for h in (['full'] if l == 'softmax' else a.heads)]:
+            how = {} if head == 'full' else dict(fused=True) if head == 'fused' else dict(sample_rate=float(head))
+            name = loss if loss == 'softmax' or len(a.heads) == 1 else f'{loss} {head}'
             t = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', StuckRunWarning)
-                r = train_one(dls, loss, a.epochs, seed, a.lr, quiet=True, cbs=Keep()).iloc[-1]
-            rows.append(dict(loss=loss, seed=seed, **{k: 100*r[c] for k,c in SCORES.items()}, failed=bool(r.failed),
+                r = train_one(dls, loss, a.epochs, seed, a.lr, quiet=True, cbs=Keep(), **how).iloc[-1]
+            rows.append(dict(loss=name, seed=seed, **{k: 100*r[c] for k,c in SCORES.items()}, failed=bool(r.failed),
                              seconds=time.perf_counter() - t))
-            if seed == 0 and loss == a.losses[0]: print(r.notes, flush=True)
+            if seed == 0 and len(rows) == 1: print(r.notes, flush=True)
             if a.splits and not r.failed:
                 e,l = embed(Keep.learn.model, dls.unseen)
                 for kind in ('verify', 'identify'):
-                    try: splits.append(threshold_transfer(e, l, 1e-2, kind, a.splits, seed=seed).assign(loss=loss, seed=seed))
+                    try: splits.append(threshold_transfer(e, l, 1e-2, kind, a.splits, seed=seed).assign(loss=name, seed=seed))
                     except ValueError as err: print(f'no threshold check ({kind}): {err}')
-            print(f"seed {seed} {loss:>16}: " + ', '.join(f"{k} {rows[-1][k]:6.2f}" for k in SCORES) +
+            print(f"seed {seed} {name:>16}: " + ', '.join(f"{k} {rows[-1][k]:6.2f}" for k in SCORES) +
                   f"{', FAILED (did not learn)' if r.failed else ''}, {rows[-1]['seconds']:.0f} s", flush=True)
             if a.out:  # after every run: a killed benchmark keeps what it measured
                 pd.DataFrame(rows).to_csv(a.out, index=False)

@@ -12,6 +12,8 @@ from torch import Tensor
 from .losses import check_margins, _psi_slope, _check_reduction, _reduce
 from .heads import _EPS, _rowdot
 
+_LOG2E = 1/math.log(2)  # exp(a) = 2^(a·log₂e): on a CPU `exp2` is the faster kernel
+
 # %% auto #0
 __all__ = ['fused_margin_loss']
 
@@ -91,30 +93,41 @@ class _FusedMarginCE(torch.autograd.Function):
 class _FusedMarginRows(torch.autograd.Function):
     "Eq. (4)'s cross-entropy summed over the rows × `scale`, a block of rows at a time against every class, its gradients made on the way"
     @staticmethod
-    def forward(ctx, x, w, targ, s, m1, m2, m3, easy_margin, detach_margin, k, rows, scale, top):
+    def forward(ctx, x, w, targ, s, m1, m2, m3, easy_margin, detach_margin, k, block, scale, top):
         out = torch.float64 if w.dtype == torch.float64 else torch.float32
         xo,wo = x.to(out),w.to(out)
         xr,wr = xo.norm(dim=1, keepdim=True),wo.norm(dim=1)
         xn,winv,C = xo/xr.clamp_min(_EPS),wr.clamp_min(_EPS).reciprocal(),len(w)//k
-        gxn,gw,total = torch.empty_like(xn),torch.zeros_like(wo) if ctx.needs_input_grad[1] else None,xn.new_zeros(())
+        # the centres' radial part from Σᵢ ∂L/∂cosᵢⱼ·cosᵢⱼ, a column sum of N×C, where that is less work than row dots of C×d
+        by_cols = k == 1 and len(x) < x.shape[1]
+        rows = max(1, block//(len(w)*(2 if by_cols else 1)))
+        gxn,gw,total,radial = torch.empty_like(xn),None,xn.new_zeros(()),None
+        buf = xn.new_empty(min(rows, len(x)), C) if by_cols else None
         for r0 in range(0, len(x), rows):
             xb,tb = xn[r0:r0 + rows],targ[r0:r0 + rows]
-            i,block = torch.arange(len(xb), device=x.device),lambda m: m[r0:r0 + rows] if isinstance(m, Tensor) else m
-            l = F.linear(xb, wo).mul_(winv)
-            if k > 1: l,best = l.view(len(xb), C, k).max(-1)
-            if top is not None: torch.argmax(l, 1, out=top[r0:r0 + rows])  # the prediction, margin-free, while the block is at hand
-            t,dt = _psi_slope(l[i, tb], m1, block(m2), block(m3), easy_margin)
-            l.mul_(s)[i, tb] = t*s
-            mx = l.amax(1, keepdim=True)
-            z = l.sub_(mx).exp_().sum(1, keepdim=True)
-            total += (mx + z.log())[:,0].sum() - t.sum()*s
-            G = l.div_(z).mul_(s*scale)  # ∂L/∂cos_j = scale·s·p_j; the target's is scale·s·(p_y − 1)·dψ/dc
+            i,part = torch.arange(len(xb), device=x.device),lambda m: m[r0:r0 + rows] if isinstance(m, Tensor) else m
+            cos = F.linear(xb, wo).mul_(winv)
+            if k > 1: cos,best = cos.view(len(xb), C, k).max(-1)
+            if top is not None: torch.argmax(cos, 1, out=top[r0:r0 + rows])  # the prediction, margin-free, while the block is at hand
+            cy = cos[i, tb]
+            t,dt = _psi_slope(cy, m1, part(m2), part(m3), easy_margin)
+            cos[i, tb] = t
+            ref = cos.amax(1)  # the largest logit over s
+            e = buf[:len(xb)] if by_cols else cos
+            torch.sub(cos, ref[:,None], out=e).mul_(s*_LOG2E).exp2_()  # exp(s·(cos − ref)), 1 at the largest
+            if by_cols: cos[i, tb] = cy
+            z = e.sum(1)
+            total += ((ref - t)*s + z.log()).sum()
+            G = e.mul_(((s*scale)/z)[:,None])  # ∂L/∂cos_j = scale·s·p_j; the target's is scale·s·(p_y − 1)·dψ/dc
             G[i, tb] = (G[i, tb] - s*scale)*(1 if dt is None or detach_margin else dt)
+            if by_cols: radial = torch.mul(cos, G, out=cos).sum(0).add_(radial if radial is not None else 0)
             if k > 1: G = G.new_zeros(len(xb), C, k).scatter_(2, best[...,None], G[...,None]).view(len(xb), -1)  # the best sub-centre's
             G.mul_(winv)
             torch.mm(G, wo, out=gxn[r0:r0 + rows])
-            if gw is not None: gw.addmm_(G.t(), xb)
-        if gw is not None: gw = gw.addcmul_(wo, torch.where(wr >= _EPS, _rowdot(wo, gw)*winv*winv, 0.)[:,None], value=-1).to(w.dtype)
+            if ctx.needs_input_grad[1]: gw = torch.mm(G.t(), xb) if gw is None else gw.addmm_(G.t(), xb)
+        if gw is not None:  # through 1/‖W_j‖: drop the part along W_j
+            radial = radial if by_cols else _rowdot(wo, gw)
+            gw = gw.addcmul_(wo, torch.where(wr >= _EPS, radial*winv*winv, 0.)[:,None], value=-1).to(w.dtype)
         gx = gxn.addcmul_(xn, torch.where(xr >= _EPS, _rowdot(xn, gxn)[:,None], 0.), value=-1).div_(xr.clamp_min(_EPS)).to(x.dtype)
         ctx.grads = gx,gw  # not save_for_backward: they are outputs of no graph, and backward scales them in place, once
         return total*scale
@@ -124,7 +137,9 @@ class _FusedMarginRows(torch.autograd.Function):
         if ctx.grads is None: raise RuntimeError("the fused margin loss's gradients are made in the forward and given once: backward twice (retain_graph) is not supported")
         gx,gw = ctx.grads
         ctx.grads = None
-        return gx.mul_(g),(gw.mul_(g) if gw is not None else None),*[None]*11
+        if g.device.type != 'cpu' or g.item() != 1: gx,gw = gx.mul_(g),(gw.mul_(g) if gw is not None else None)  # a C×d pass saved
+        return gx,gw,*[None]*11
+
 
 # %% ../nbs/01c_fused.ipynb #332041bb
 def _per_row(m, name, C, targ, dtype):
@@ -161,7 +176,8 @@ def fused_margin_loss(
         raise ValueError(f"`top` must be an int64 tensor of shape ({len(x)},) on {x.device}, got {top.dtype} {tuple(top.shape)} on {top.device}")
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     margins = float(s),m1,_per_row(m2, 'm2', C, targ, dtype),_per_row(m3, 'm3', C, targ, dtype),easy_margin,detach_margin,k
-    if reduction != 'none' and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _FusedMarginRows.apply(x, weight, targ, *margins, max(1, block//len(weight)), 1/max(1, len(x)) if reduction == 'mean' else 1., top)
-    return _reduce(_FusedMarginCE.apply(x, weight, targ, *margins, max(1, block//max(1, len(x))), top), reduction)
+    with torch.autocast(x.device.type, enabled=False):  # float32 throughout, whatever autocast would make of the products
+        if reduction != 'none' and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return _FusedMarginRows.apply(x, weight, targ, *margins, block, 1/max(1, len(x)) if reduction == 'mean' else 1., top)
+        return _reduce(_FusedMarginCE.apply(x, weight, targ, *margins, max(1, block//max(1, len(x))), top), reduction)
 
