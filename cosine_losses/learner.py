@@ -195,7 +195,7 @@ def _fusable(lf) -> bool:
     "Whether `lf` computes what `fused_margin_loss` does: `CombinedMarginLoss` or a preset of it, not a loss with its own `forward`"
     return isinstance(lf, CombinedMarginLoss) and type(lf).forward is CombinedMarginLoss.forward
 
-_META = {'size', 'dim', 'numel', '__len__', '__get__'}  # `__get__`: shape, device, dtype and the other properties
+_META = {'size', 'dim', 'numel', '__len__', '__get__', 'is_floating_point'}  # `__get__`: shape, device, dtype and the other properties
 
 class _Predicted(Tensor):
     "Stands for the (N, C) cosines of a training step that never makes them: their shape, and their `argmax` along the classes"
@@ -204,6 +204,7 @@ class _Predicted(Tensor):
         kwargs,name = kwargs or {},getattr(func, '__name__', None)
         dim = kwargs.get('dim', args[1] if len(args) > 1 else None)
         if name == 'argmax' and type(args[0]) is cls and dim in (1, -1): return args[0].top
+        if name == 'float' and type(args[0]) is cls: return args[0]  # `Autocast` and `MixedPrecision` make predictions float: it is
         if name in _META:
             with torch._C.DisableTorchFunctionSubclass(): return func(*args, **kwargs)
         raise RuntimeError(f"a training step of `HeadTraining` (fused or Partial FC) makes no N×C cosines: only their shape and `argmax(1)` "
@@ -241,7 +242,7 @@ def _rows_out(opt, W:Tensor, q:Tensor, rows:Tensor, full:dict):
 
 class HeadTraining(Callback):
     "Train `ArcFaceHead` and a margin loss in one step: fused (`fused_margin_loss`), on Partial FC's sampled centres, or both"
-    order = 20  # after `Autocast` and `MixedPrecision` (10) make the features float; before `StuckRunWatch` (60) reads the predictions
+    order = 5  # its `after_loss` gives fastai the loss before `GradientAccumulation` (6) scales it and `MixedPrecision` (10) ends autocast
     def __init__(self, fused:bool=True): store_attr(); self.sub = self.state = self.yb_ = self.loss_ = None
 
     def before_fit(self):
@@ -250,6 +251,9 @@ class HeadTraining(Callback):
         if not isinstance(self.head, ArcFaceHead): raise TypeError(f"HeadTraining trains an `ArcFaceHead`, not {type(self.head).__name__}")
         if self.fused and not _fusable(lf):
             raise TypeError(f"the fused step computes `CombinedMarginLoss` (and its presets), not {type(lf).__name__}: pass `fused=False`")
+        if self.head.sample_rate < 1 and any(_is_instance(cb, 'fastai.callback.training.GradientAccumulation') for cb in self.learn.cbs):
+            raise RuntimeError("Partial FC draws new centres every batch, so `GradientAccumulation` would lose the centres' gradients of all but "
+                               "the last batch before a step: use a larger batch, or `sample_rate=1` (with `fused=True` at many classes)")
 
     def before_train(self):  # not `before_fit`: `get_preds` and `validate` run that too, with no optimiser after `load_learner`
         if self.head.sample_rate < 1:
@@ -301,13 +305,16 @@ class HeadTraining(Callback):
         self.yb_ = self.loss_ = None
 
     def after_backward(self):
-        "The sampled centres take the centres' place in the optimiser, with their rows of its state"
-        if self.sub is not None and self.state is None: self.state = _rows_in(self.opt, self.head.weight, self.sub, self.rows)
+        "The sampled centres take the centres' place in the optimiser, with their rows of its state, and join the model's parameters for the step"
+        if self.sub is None or self.state is not None: return
+        self.state = _rows_in(self.opt, self.head.weight, self.sub, self.rows)
+        self.head.sampled = self.sub  # a registered parameter: `GradientClip` and the like see the centres' gradient
 
     def after_step(self):
         "Their rows, and those of the state, go back"
         if getattr(self, 'state', None) is None: return
         _rows_out(self.opt, self.head.weight, self.sub, self.rows, self.state)
+        del self.head.sampled
         self.state = None
 
     def after_batch(self):

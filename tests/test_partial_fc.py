@@ -1,7 +1,7 @@
 """Partial FC in one process and the fused head + loss in `cosine_learner` (`HeadTraining`), against today's path and hand-built references."""
 import warnings
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
-from fastai.vision.all import set_seed, Callback, CancelFitException, OptimWrapper, Adam, load_learner, partial
+from fastai.vision.all import set_seed, Callback, CancelFitException, OptimWrapper, Adam, load_learner, partial, GradientClip, GradientAccumulation
 from cosine_losses.learner import cosine_learner, HeadTraining, _predicted
 import cosine_losses.learner as learner_mod
 from cosine_losses.heads import sample_centres
@@ -9,6 +9,7 @@ from cosine_losses.losses import margin_logits
 from cosine_losses.family import AdaFaceLoss
 from cosine_losses.checkpoint import Checkpoint
 from cosine_losses.watch import StuckRunWatch
+from cosine_losses.callbacks import Autocast
 from cosine_losses.data import tensor_dls
 
 C = 40
@@ -53,7 +54,7 @@ class Spy(Callback):
     order = 30
     def before_batch(self):
         h = self.model[-1]
-        self.w0,self.rng0 = h.weight.detach().clone(),h.rng.clone()
+        self.w0,self.rng0 = h.weight.detach().clone(),(h.rng.clone() if h.sample_rate < 1 else None)
         self.hook = h.register_forward_pre_hook(lambda m,i: setattr(self, 'feats', i[0].detach().clone()))
     def after_loss(self): self.loss_v,self.targ = self.learn.loss.item(),self.yb[0].clone()
     def after_batch(self): self.hook.remove(); raise CancelFitException
@@ -191,3 +192,40 @@ def test_bad_input():
     w = head_w(learn).clone()
     with pytest.raises(TypeError, match='fastai `Optimizer`'), learn.no_bar(), learn.no_logging(): learn.fit(1)
     assert torch.equal(head_w(learn), w)  # refused before any step
+
+
+@pytest.mark.parametrize("kw", [dict(fused=True), dict(sample_rate=.999), dict(fused=True, sample_rate=.999)])
+def test_gradient_clip_sees_the_centres(kw):
+    "`GradientClip` clips the norm of every gradient, the centres' too, whether fused or gathered (a rate that keeps all 40): as today's step"
+    ref,got = fit(1, cbs=GradientClip(.05)),fit(1, cbs=GradientClip(.05), **kw)
+    assert not torch.allclose(head_w(ref), head_w(fit(1)), atol=1e-3)  # the clip binds
+    for p,q in zip(ref.model.parameters(), got.model.parameters()): torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert not hasattr(got.model[-1], 'sampled') and len(list(got.model.parameters())) == len(list(ref.model.parameters()))
+
+
+def test_gradient_accumulation_fused():
+    "`GradientAccumulation` over two batches of 32 with the fused step: the weights of the step apart, and loss values fastai can scale"
+    ref,got = fit(1, cbs=GradientAccumulation(64)),fit(1, cbs=GradientAccumulation(64), fused=True)
+    assert not torch.allclose(head_w(ref), head_w(fit(1)), atol=1e-3)  # half the steps
+    for p,q in zip(ref.model.parameters(), got.model.parameters()): torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(ref.recorder.values), torch.tensor(got.recorder.values), rtol=1e-5, atol=1e-6)
+
+
+def test_partial_fc_refuses_gradient_accumulation():
+    "The sampled centres change every batch: accumulating across batches would drop their gradients, so the fit is refused before any step"
+    learn = cosine_learner(make_dls(), emb_size=8, sample_rate=.5)
+    w = head_w(learn).clone()
+    with pytest.raises(RuntimeError, match='GradientAccumulation'), learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=GradientAccumulation(64))
+    assert torch.equal(head_w(learn), w)
+
+
+@pytest.mark.parametrize("sample_rate", [1., .6])
+def test_fused_under_autocast(sample_rate):
+    "Under `Autocast` (bfloat16) the fused step runs in float32 from the body's features: its loss is the float32 loss of those features"
+    spy = Spy()
+    fit(1, cbs=[Autocast(), spy], fused=True, sample_rate=sample_rate, warmup=0, m2=.3, s=16.)
+    assert spy.feats.dtype == torch.bfloat16
+    keep = sample_centres(spy.targ, C, sample_rate, torch.Generator().set_state(spy.rng0)) if sample_rate < 1 else torch.arange(C)
+    t = torch.searchsorted(keep, spy.targ)
+    cos = F.normalize(spy.feats.double(), dim=1) @ F.normalize(spy.w0[keep].double(), dim=1).T
+    assert spy.loss_v == pytest.approx(F.cross_entropy(margin_logits(cos, t, s=16., m2=.3), t).item(), rel=1e-5)
