@@ -16,7 +16,8 @@ C classes. Contenders (all ArcFace m=0.5, s=30 except the plain softmax baseline
   linear_ce_compiled / ours_compiled, the step function `torch.compile`d (inductor, fullgraph)
 
 Time: every contender runs in the same process, interleaved (the order rotates every repeat), one sample being the mean
-of enough steps to last ~50 ms; we report the median of `--repeats` samples. Memory: each (contender, C) runs in a fresh
+of enough steps to last ~50 ms; we report the median of `--repeats` samples. With --rebuild each sample has its own freshly
+allocated parameters and inputs: on this machine one placement can make a contender a few % faster or slower for a whole run. Memory: each (contender, C) runs in a fresh
 subprocess; after building the parameters and inputs (and one warm-up step at C=10 to load the kernels) we reset the
 kernel's high-water mark (/proc/self/clear_refs) and report VmHWM − VmRSS-before-the-step: the peak resident memory the
 forward + backward adds, W's gradient included. That is what the OS had to give the process (glibc malloc as configured,
@@ -151,8 +152,8 @@ def step_fn(module, f, x, y, ctx=contextlib.nullcontext, adam=False):
     return step
 
 # ---------------------------------------------------------------- time
-def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu', ctx=contextlib.nullcontext, adam=False):
-    "Median seconds per step of each contender, sampled interleaved in this process"
+def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu', ctx=contextlib.nullcontext, adam=False, rebuild=False):
+    "Median seconds per step of each contender, sampled interleaved in this process; `rebuild`: fresh parameters and inputs every sample"
     held = {nm: _need(nm, 0, d, C, adam, held=True) for nm in names}  # one step at a time beside every contender's centres
     need = sum(held.values()) + max(_need(nm, N, d, C, adam) - held[nm] for nm in names)
     if need + 2**31 > (avail := _status_file('/proc/meminfo', 'MemAvailable')):
@@ -170,6 +171,10 @@ def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for nm in order:
+            if rebuild:  # where the allocator puts a contender's tensors shifts its speed by a few %: a new placement each sample
+                steps[nm] = None; gc.collect(); torch.manual_seed(r)
+                steps[nm] = step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device, seed=r), ctx=ctx, adam=adam)
+                steps[nm](); sync()
             sync(); t = time.perf_counter()
             for _ in range(iters[nm]): steps[nm]()
             sync(); samples[nm].append((time.perf_counter() - t)/iters[nm])
@@ -258,6 +263,7 @@ def main(argv=None):
     p.add_argument('--adam', action='store_true', help="add fastai's Adam step (wd 0.1) to each step: Partial FC's on the sampled rows only")
     p.add_argument('--load', type=int, default=0, help='run this many CPU-bound processes beside the timing, as a loaded machine')
     p.add_argument('--csv', help='also write the rows to this CSV file')
+    p.add_argument('--rebuild', action='store_true', help='fresh parameters and inputs for every timed sample (a warm-up step each)')
     p.add_argument('--checks', action='store_true', help="time the loss's input checks alone (check='host' and 'device'), then exit")
     p.add_argument('--_child', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -280,7 +286,7 @@ def main(argv=None):
     for C in a.C:
         if a.no_time: ts = {nm: math.nan for nm in names}
         else:
-            with busy(a.load): ts = time_all(names, a.N, a.d, C, a.repeats, adam=a.adam)
+            with busy(a.load): ts = time_all(names, a.N, a.d, C, a.repeats, adam=a.adam, rebuild=a.rebuild)
         ms = {} if a.no_memory else {nm: peak_mem(nm, a.N, a.d, C, a.threads, a.adam) for nm in names}
         for nm in names:
             m,base = ms.get(nm),ms.get('linear_ce')
@@ -298,6 +304,10 @@ def main(argv=None):
             with open(a.csv, 'w', newline='') as f:
                 w = csv.DictWriter(f, fieldnames=list(rows[0]))
                 w.writeheader(); w.writerows(rows)
+    if 'fused' in names and not a.no_time:
+        worst = max(r['time']['fused']/r['time']['linear_ce'] for r in res.values())
+        print(f"fused at most {worst:.2f}× Linear+CE over C = {', '.join(map(str, a.C))} (target ≤ 1.05)" + ("; faster than pml's ArcFaceLoss at every C: " + (
+            "yes" if all(r['time']['fused'] < r['time']['pml'] for r in res.values()) else "NO") if 'pml' in names else ""))
     if 'ours' in names and 100000 in a.C and not a.no_time:
         C = 100000
         t,m = res[C]['time'],res[C]['mem']

@@ -13,6 +13,7 @@ FAR it gets on the other, and whether `calibrate_threshold`'s 80 % prediction in
     python benchmarks/many_classes.py --losses softmax arcface cosface sphereface combined --splits 5 \
         --out results/many-classes/paper_losses.csv
     python benchmarks/many_classes.py --losses arcface --heads full fused 0.3 0.1 --out results/many-classes/heads.csv
+    python benchmarks/many_classes.py --losses arcface --heads full 0.3 0.1 --n-ids 3000 --digits 4 --out results/many-classes/heads_3000.csv
 
 `--heads` trains each loss's head several ways: 'full' (every class in every step, the head and loss apart), 'fused'
 (`fused_margin_loss`), or a number: Partial FC's sample rate.
@@ -43,6 +44,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--setting', default='hard', choices=list(SETTINGS))
     p.add_argument('--n-ids', type=int, default=1000, help='numbers (identities); 70 %% of them seen')
+    p.add_argument('--digits', type=int, default=3, help='digits a number: 10^digits numbers at most')
     p.add_argument('--losses', nargs='+', default=['softmax', 'arcface', 'cosface', 'combined'])
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--epochs', type=int, default=10)
@@ -55,7 +57,7 @@ def main():
     fastprogress.NO_BAR = True
     rows,splits = [],[]
     for seed in range(a.seeds):
-        x,y,names = mnist_numbers(n_ids=a.n_ids, per_id=16, digits=3, seed=seed, **SETTINGS[a.setting])
+        x,y,names = mnist_numbers(n_ids=a.n_ids, per_id=16, digits=a.digits, seed=seed, **SETTINGS[a.setting])
         dls = identity_dls(x, y, names, seen=.7, seed=seed)
         for loss,head in [(l,h) for l in a.losses for h in (['full'] if l == 'softmax' else a.heads)]:
             how = {} if head == 'full' else dict(fused=True) if head == 'fused' else dict(sample_rate=float(head))
