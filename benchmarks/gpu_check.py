@@ -22,9 +22,9 @@ then MNIST epochs of `cosine_learner` against `softmax_learner`, in float32 and 
    MNIST from `--mnist`, else as `mnist_dls` finds it ($COSINE_LOSSES_MNIST, else fastai's download).
 4. The fused path and Partial FC (issue 36), on CUDA (on a CPU only with --quick, at small sizes, to check the logic;
    else skipped): `fused_margin_loss` against `ArcFaceHead` + `CombinedMarginLoss` on the device (value, both gradients,
-   `top` against the argmax), float32, C in {1000, 100000}; step time and CUDA peak memory of `fused`, `partial_fc_0.1`
-   and `partial_fc_0.3` against Linear + CE and ours at C in {100000, 1000000} (N=256, d=512), Partial FC 0.1 against
-   the full fused head (target ≤ 0.25× at C = 10⁶); and `cosine_learner(fused=True, sample_rate=0.3)` against
+   `top` against the argmax), float32, C in {1000, 100000}, and under autocast (float16) the same float32 numbers;
+   step time and CUDA peak memory of `fused`, `partial_fc_0.1` and `partial_fc_0.3` against Linear + CE and ours at C in
+   {100000, 1000000} (N=256, d=512), Partial FC 0.1 against the full fused head (target ≤ 0.25× at C = 10⁶); and `cosine_learner(fused=True, sample_rate=0.3)` against
    `fused=False` on the device: two epochs of synthetic data, the same losses to float32 tolerance.
 """
 from __future__ import annotations
@@ -130,6 +130,12 @@ def fused_check(device, quick):
         ok = err(loss, ref) < 1e-5 and err(xb.grad, xa.grad) < 1e-4 and err(wb.grad, head.weight.grad) < 1e-4 and torch.equal(top, cos.argmax(1))
         print(f"  C={C:>7}: loss {err(loss, ref):.1e}, grad x {err(xb.grad, xa.grad):.1e}, grad W {err(wb.grad, head.weight.grad):.1e} (relative to the largest), "
               f"top = argmax: {torch.equal(top, cos.argmax(1))}  {'ok' if ok else 'DIFFERENT'}")
+        half = torch.float16 if cuda else torch.bfloat16  # under autocast (`MixedPrecision`) the fused step still computes in float32
+        xh,wh = x.clone().requires_grad_(),head.weight.detach().clone().requires_grad_()
+        with torch.autocast(device.split(':')[0], dtype=half): lh = fused_margin_loss(xh, wh, y, s=30., m2=.5)
+        lh.backward()
+        same = err(lh, loss) < 1e-6 and err(xh.grad, xb.grad) < 1e-6 and err(wh.grad, wb.grad) < 1e-6
+        print(f"           under autocast ({half}): loss {lh.dtype}, {err(lh, loss):.1e} from float32  {'ok' if same else 'DIFFERENT'}")
     names = ['linear_ce', 'ours', 'fused', 'partial_fc_0.1', 'partial_fc_0.3']
     print(f"\n== fused and Partial FC, forward + backward (Partial FC: sample, gather, write back), N={N}, d={d}; ratios to Linear + CE")
     print(f"{'C':>8} {'contender':<15} {'ms/step':>9} {'× time':>7} {'peak MiB':>9} {'× mem':>6}")
