@@ -174,7 +174,7 @@ def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu
             if rebuild:  # where the allocator puts a contender's tensors shifts its speed by a few %: a new placement each sample
                 steps[nm] = None; gc.collect(); torch.manual_seed(r)
                 steps[nm] = step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device, seed=r), ctx=ctx, adam=adam)
-                steps[nm](); sync()
+                for _ in range(2): steps[nm]()  # the first steps of fresh tensors pay their page faults
             sync(); t = time.perf_counter()
             for _ in range(iters[nm]): steps[nm]()
             sync(); samples[nm].append((time.perf_counter() - t)/iters[nm])
@@ -204,10 +204,11 @@ def _peak_child(name, N, d, C, threads, adam=False):
 def _need(name, N, d, C, adam, held=False) -> float:
     "Bytes a contender holds at its step's peak, roughly: centres, Adam's moments, the gradient or the sampled rows (and theirs), logits or blocks"
     if held: return 4*C*d*(1 + 2*adam)  # between steps: the centres and Adam's moments
+    from cosine_losses.learner import _FUSED_FROM
     part = name.startswith('partial_fc')
     rate = float(name.rsplit('_', 1)[1]) if part else 1.
     n = C*d*(1 + 2*adam) + rate*C*d*((2 + 2*adam) if part else 1)
-    n += 2**26 if name.startswith('fused') or (part and C >= 50_000) else (2 if name.startswith('linear_ce') else 1)*N*C*rate
+    n += 2**26 if name.startswith('fused') or (part and C >= _FUSED_FROM) else (2 if name.startswith('linear_ce') else 1)*N*C*rate
     return 4*n
 
 def peak_mem(name, N, d, C, threads, adam=False):
@@ -263,7 +264,8 @@ def main(argv=None):
     p.add_argument('--adam', action='store_true', help="add fastai's Adam step (wd 0.1) to each step: Partial FC's on the sampled rows only")
     p.add_argument('--load', type=int, default=0, help='run this many CPU-bound processes beside the timing, as a loaded machine')
     p.add_argument('--csv', help='also write the rows to this CSV file')
-    p.add_argument('--rebuild', action='store_true', help='fresh parameters and inputs for every timed sample (a warm-up step each)')
+    p.add_argument('--rebuild', action='store_true', help='fresh parameters and inputs for every timed sample (two warm-up steps each)')
+    p.add_argument('--min-s', type=float, default=.05, help='seconds a timed sample lasts at least (steps averaged)')
     p.add_argument('--checks', action='store_true', help="time the loss's input checks alone (check='host' and 'device'), then exit")
     p.add_argument('--_child', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -286,7 +288,7 @@ def main(argv=None):
     for C in a.C:
         if a.no_time: ts = {nm: math.nan for nm in names}
         else:
-            with busy(a.load): ts = time_all(names, a.N, a.d, C, a.repeats, adam=a.adam, rebuild=a.rebuild)
+            with busy(a.load): ts = time_all(names, a.N, a.d, C, a.repeats, a.min_s, adam=a.adam, rebuild=a.rebuild)
         ms = {} if a.no_memory else {nm: peak_mem(nm, a.N, a.d, C, a.threads, a.adam) for nm in names}
         for nm in names:
             m,base = ms.get(nm),ms.get('linear_ce')

@@ -99,10 +99,11 @@ class _FusedMarginRows(torch.autograd.Function):
         xr,wr = xo.norm(dim=1, keepdim=True),wo.norm(dim=1)
         xn,winv,C = xo/xr.clamp_min(_EPS),wr.clamp_min(_EPS).reciprocal(),len(w)//k
         # the centres' radial part from Σᵢ ∂L/∂cosᵢⱼ·cosᵢⱼ, a column sum of N×C, where that is less work than row dots of C×d
-        by_cols = k == 1 and len(x) < x.shape[1]
-        rows = max(1, block//(len(w)*(2 if by_cols else 1)))
+        # and the two N×C buffers it needs fit one block: more blocks would read the C×d centres more often
+        by_cols = k == 1 and len(x) < x.shape[1] and 2*len(x)*len(w) <= block
+        rows = max(1, len(x) if by_cols else block//len(w))
         gxn,gw,total,radial = torch.empty_like(xn),None,xn.new_zeros(()),None
-        buf = xn.new_empty(min(rows, len(x)), C) if by_cols else None
+        buf = xn.new_empty(len(x), C) if by_cols else None
         for r0 in range(0, len(x), rows):
             xb,tb = xn[r0:r0 + rows],targ[r0:r0 + rows]
             i,part = torch.arange(len(xb), device=x.device),lambda m: m[r0:r0 + rows] if isinstance(m, Tensor) else m
@@ -113,14 +114,14 @@ class _FusedMarginRows(torch.autograd.Function):
             t,dt = _psi_slope(cy, m1, part(m2), part(m3), easy_margin)
             cos[i, tb] = t
             ref = cos.amax(1)  # the largest logit over s
-            e = buf[:len(xb)] if by_cols else cos
+            e = buf if by_cols else cos
             torch.sub(cos, ref[:,None], out=e).mul_(s*_LOG2E).exp2_()  # exp(s·(cos − ref)), 1 at the largest
             if by_cols: cos[i, tb] = cy
             z = e.sum(1)
             total += ((ref - t)*s + z.log()).sum()
             G = e.mul_(((s*scale)/z)[:,None])  # ∂L/∂cos_j = scale·s·p_j; the target's is scale·s·(p_y − 1)·dψ/dc
             G[i, tb] = (G[i, tb] - s*scale)*(1 if dt is None or detach_margin else dt)
-            if by_cols: radial = torch.mul(cos, G, out=cos).sum(0).add_(radial if radial is not None else 0)
+            if by_cols: radial = torch.mul(cos, G, out=cos).sum(0)
             if k > 1: G = G.new_zeros(len(xb), C, k).scatter_(2, best[...,None], G[...,None]).view(len(xb), -1)  # the best sub-centre's
             G.mul_(winv)
             torch.mm(G, wo, out=gxn[r0:r0 + rows])

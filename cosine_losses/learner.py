@@ -189,7 +189,7 @@ class MarginWarmup(Callback):
     def after_fit(self): lf = self.learn.loss_func; lf.m1,lf.m2,lf.m3 = self.m1,self.m2,self.m3
 
 # %% ../nbs/02_learner.ipynb #8b491821
-_FUSED_FROM = 50_000  # classes from which `fused=None` trains with `fused_margin_loss`: as fast as apart from here (results/head_loss/)
+_FUSED_FROM = 10_000  # classes from which `fused=None` trains with `fused_margin_loss`: the faster step from here (results/head_loss/)
 
 def _fusable(lf) -> bool:
     "Whether `lf` computes what `fused_margin_loss` does: `CombinedMarginLoss` or a preset of it, not a loss with its own `forward`"
