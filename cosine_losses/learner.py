@@ -204,7 +204,7 @@ class _Predicted(Tensor):
         kwargs,name = kwargs or {},getattr(func, '__name__', None)
         dim = kwargs.get('dim', args[1] if len(args) > 1 else None)
         if name == 'argmax' and type(args[0]) is cls and dim in (1, -1): return args[0].top
-        if name == 'float' and type(args[0]) is cls: return args[0]  # `Autocast` and `MixedPrecision` make predictions float: it is
+        if name == 'float' and type(args[0]) is cls: return args[0]  # `Autocast` and `MixedPrecision` make predictions float: these are
         if name in _META:
             with torch._C.DisableTorchFunctionSubclass(): return func(*args, **kwargs)
         raise RuntimeError(f"a training step of `HeadTraining` (fused or Partial FC) makes no N×C cosines: only their shape and `argmax(1)` "
