@@ -159,10 +159,10 @@ def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu
     if need + 2**31 > (avail := _status_file('/proc/meminfo', 'MemAvailable')):
         print(f"skipping the timing at C={C}: {', '.join(names)} together need about {need/2**30:.1f} GiB, {avail/2**30:.1f} GiB available", flush=True)
         return {nm: math.nan for nm in names}
-    steps = {}
-    for nm in names:
-        torch.manual_seed(0)
-        steps[nm] = step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device), ctx=ctx, adam=adam)
+    def build(nm, seed=0):
+        torch.manual_seed(seed)
+        return step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device, seed=seed), ctx=ctx, adam=adam)
+    steps = {nm: build(nm) for nm in names}
     iters = {}
     for nm,run in steps.items():  # warm up, then size each sample to last about min_s
         run(); sync(); t = time.perf_counter(); run(); sync()
@@ -172,8 +172,8 @@ def time_all(names, N, d, C, repeats, min_s=0.05, sync=lambda: None, device='cpu
         order = names[r % len(names):] + names[:r % len(names)]
         for nm in order:
             if rebuild:  # where the allocator puts a contender's tensors shifts its speed by a few %: a new placement each sample
-                steps[nm] = None; gc.collect(); torch.manual_seed(r)
-                steps[nm] = step_fn(*CONTENDERS[nm](C, d, device), *inputs(N, d, C, device, seed=r), ctx=ctx, adam=adam)
+                steps[nm] = None; gc.collect()
+                steps[nm] = build(nm, r)
                 for _ in range(2): steps[nm]()  # the first steps of fresh tensors pay their page faults
             sync(); t = time.perf_counter()
             for _ in range(iters[nm]): steps[nm]()
